@@ -1,0 +1,1 @@
+"""What reacts to events and what each working state does: file events, steps, agent backends."""

@@ -1,0 +1,131 @@
+"""The one small interface every agent backend implements, and the products it must leave."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from mlsm.machine.config import Config
+
+Role = Literal["plan", "code", "analyze", "report"]
+ROLES: tuple[Role, ...] = ("plan", "code", "analyze", "report")
+DECISIONS = ("continue", "finish")
+
+DECISION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "decision": {"type": "string", "enum": list(DECISIONS)},
+        "reason": {"type": "string"},
+        "metric": {"type": "number"},
+    },
+    "required": ["decision", "reason"],
+    "additionalProperties": False,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentStep:
+    """One request to an agent: a role, where to work, and the product expected back."""
+
+    role: Role
+    exp_dir: Path
+    run_dir: Path
+    iteration: int
+    attempt: int
+    prompt: str
+    prompt_file: Path
+    transcript: Path
+    config: Config
+
+    @property
+    def product(self) -> Path:
+        return product_path(self.role, self.exp_dir, self.run_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentOutcome:
+    """What a finished agent step reports, in the same shape for every backend."""
+
+    ok: bool
+    reason: str | None = None
+    retryable: bool = True
+    turns: int | None = None
+    cost_usd: float = 0.0
+    session_id: str | None = None
+
+
+class AgentBackend(Protocol):
+    """A way to run an agent step as one supervised, killable process tree."""
+
+    name: str
+
+    def preflight(self, config: Config) -> None:
+        """Raise AgentUnavailableError (one clear sentence) if this agent cannot start."""
+
+    def argv(self, step: AgentStep) -> list[str]:
+        """The command line to spawn in the experiment directory (stdin closed)."""
+
+    def env(self, step: AgentStep, base: dict[str, str]) -> dict[str, str]:
+        """The environment of the agent process, starting from `base`."""
+
+    def collect(self, step: AgentStep, returncode: int) -> AgentOutcome:
+        """Read the transcript after exit, write derived products, report the outcome."""
+
+
+def product_path(role: Role, exp_dir: Path, run_dir: Path) -> Path:
+    """Where the product of `role` lives."""
+    return {
+        "plan": exp_dir / "PLAN.md",
+        "code": exp_dir / "train.py",
+        "analyze": run_dir / "decision.json",
+        "report": exp_dir / "REPORT.md",
+    }[role]
+
+
+def check_product(role: Role, path: Path) -> str | None:
+    """None when the product is present and valid, else a sentence saying what is wrong."""
+    name = path.name
+    if not path.exists():
+        return f"the {role} agent did not write {name}"
+    if not path.is_file():
+        return f"{name} is not a regular file"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"{name} cannot be read ({exc.strerror})"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"{name} is not UTF-8 text"
+    if not text.strip():
+        return f"the {role} agent left {name} empty"
+    if role == "analyze":
+        return check_decision(text)
+    return None
+
+
+def check_decision(text: str) -> str | None:
+    """Validate decision.json text: {"decision": "continue"|"finish", "reason": "..."}."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"decision.json is not valid JSON ({exc.msg} at line {exc.lineno})"
+    if not isinstance(obj, dict):
+        return "decision.json must be a JSON object"
+    decision = obj.get("decision")
+    if decision not in DECISIONS:
+        return f"decision.json: 'decision' must be 'continue' or 'finish', got {decision!r}"
+    if not isinstance(obj.get("reason"), str) or not obj["reason"].strip():
+        return "decision.json: 'reason' must be a non-empty string"
+    metric = obj.get("metric")
+    if metric is not None and (isinstance(metric, bool) or not isinstance(metric, int | float)):
+        return f"decision.json: 'metric' must be a number, got {metric!r}"
+    return None
+
+
+def read_decision(path: Path) -> dict[str, Any]:
+    """Read a decision already validated by `check_product`."""
+    obj: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return obj

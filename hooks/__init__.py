@@ -1,0 +1,1 @@
+"""In-training API (placeholder)."""

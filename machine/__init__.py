@@ -1,0 +1,1 @@
+"""The state machine and the daemon around it."""

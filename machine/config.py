@@ -1,0 +1,265 @@
+"""Every option of mlsm, resolved once (flag > MLSM_* env > mlsm.toml > default) into a frozen Config."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import sys
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlsm.machine.errors import ConfigError
+
+AGENTS = ("claude", "codex", "command", "builtin")
+GOALS = ("minimize", "maximize")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting: its name (snake_case), parser, default and one line of help."""
+
+    name: str
+    kind: str  # "str" | "int" | "float" | "bool" | "list" | "choice"
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "MLSM_" + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("agent", "choice", "claude", "Which agent plans, codes and analyzes.", AGENTS),
+    Option("agent_cmd", "str", None, "Command line of the `command` agent (split like a shell)."),
+    Option("max_iterations", "int", 10, "Iterations of code → train → analyze.", minimum=1),
+    Option("train_cmd", "str", None, "Training command (default: this Python running train.py)."),
+    Option("agent_timeout", "float", 3600.0, "Seconds one agent step may take.", minimum=0),
+    Option("agent_idle_timeout", "float", 900.0,
+           "Seconds an agent's transcript may stay silent before it counts as hung (0: off).",
+           minimum=0),
+    Option("agent_retries", "int", 3, "Retries of a failed agent step before FAILED.", minimum=0),
+    Option("retry_backoff", "float", 2.0, "First back-off in seconds; doubles each retry.",
+           minimum=0),
+    Option("run_timeout", "float", 0.0, "Seconds one training run may take (0: no limit).",
+           minimum=0),
+    Option("grace", "float", 10.0, "Seconds between SIGTERM and SIGKILL.", minimum=0),
+    Option("max_hours", "float", 24.0, "Wall-clock budget of the whole experiment, in hours.",
+           minimum=0),
+    Option("heartbeat_timeout", "float", 600.0,
+           "Seconds without a new heartbeat before training counts as stale.", minimum=0),
+    Option("startup_grace", "float", 900.0, "Seconds allowed before the first heartbeat.",
+           minimum=0),
+    Option("output_timeout", "float", 1800.0,
+           "For scripts that never beat: seconds without log growth before stale.", minimum=0),
+    Option("max_failures", "int", 3, "Consecutive failed iterations before reporting.",
+           minimum=1),
+    Option("patience", "int", 0,
+           "Iterations without a better metric before reporting (0: off).", minimum=0),
+    Option("max_cost_usd", "float", 0.0, "Agent spending budget in USD (0: no limit).",
+           minimum=0),
+    Option("model", "str", None, "Model name passed to the agent CLI."),
+    Option("max_turns", "int", 40, "Turn limit of one agent step.", minimum=1),
+    Option("allow_pip", "bool", False, "Let the agent run `pip install`."),
+    Option("allow_uv", "bool", False, "Let the agent run `uv pip install`."),
+    Option("dangerously_skip_permissions", "bool", False,
+           "Give the agent every tool without asking (only in a sandbox you trust)."),
+    Option("claude_bin", "str", "claude", "The Claude Code executable."),
+    Option("codex_bin", "str", "codex", "The Codex CLI executable."),
+    Option("train_env", "list", (),
+           "Extra environment variable names passed to training (secrets are withheld)."),
+    Option("objective", "str", None, "Metric to optimise (default: the first in result.json)."),
+    Option("goal", "choice", None, "Direction of the objective.", GOALS),
+    Option("tensorboard", "bool", False, "Mirror hooks.log metrics to TensorBoard files."),
+    Option("poll", "bool", False, "Poll the filesystem instead of inotify (network mounts)."),
+    Option("poll_interval", "float", 1.0, "Seconds between polls with --poll.", minimum=0.05),
+    Option("max_parallel", "int", 0, "Experiments training at once (0: no limit).", minimum=0),
+    Option("hook_timeout", "float", 60.0, "Seconds a lifecycle hook may run.", minimum=0),
+)
+OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The resolved settings of one experiment; built only by `resolve`."""
+
+    agent: str = "claude"
+    agent_cmd: str | None = None
+    max_iterations: int = 10
+    train_cmd: str | None = None
+    agent_timeout: float = 3600.0
+    agent_idle_timeout: float = 900.0
+    agent_retries: int = 3
+    retry_backoff: float = 2.0
+    run_timeout: float = 0.0
+    grace: float = 10.0
+    max_hours: float = 24.0
+    heartbeat_timeout: float = 600.0
+    startup_grace: float = 900.0
+    output_timeout: float = 1800.0
+    max_failures: int = 3
+    patience: int = 0
+    max_cost_usd: float = 0.0
+    model: str | None = None
+    max_turns: int = 40
+    allow_pip: bool = False
+    allow_uv: bool = False
+    dangerously_skip_permissions: bool = False
+    claude_bin: str = "claude"
+    codex_bin: str = "codex"
+    train_env: tuple[str, ...] = ()
+    objective: str | None = None
+    goal: str | None = None
+    tensorboard: bool = False
+    poll: bool = False
+    poll_interval: float = 1.0
+    max_parallel: int = 0
+    hook_timeout: float = 60.0
+    sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+
+    def train_argv(self) -> list[str]:
+        """The training command as an argv list."""
+        if self.train_cmd:
+            return shlex.split(self.train_cmd)
+        return [sys.executable, "train.py"]
+
+    def agent_argv(self) -> list[str]:
+        """The `command` agent's argv; a clear error when it is missing."""
+        if not self.agent_cmd or not self.agent_cmd.strip():
+            raise ConfigError(
+                "--agent command needs --agent-cmd (or MLSM_AGENT_CMD / agent-cmd in mlsm.toml)"
+            )
+        return shlex.split(self.agent_cmd)
+
+
+def parse_value(opt: Option, raw: Any, origin: str) -> Any:
+    """Turn a raw flag/env/toml value into the option's type; errors name key and value."""
+    try:
+        value = _PARSERS[opt.kind](opt, raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{origin}: bad value {raw!r} for {opt.name!r}: {exc}") from None
+    if opt.minimum is not None and value is not None and value < opt.minimum:
+        raise ConfigError(f"{origin}: {opt.name!r} must be >= {opt.minimum:g}, got {raw!r}")
+    return value
+
+
+def _parse_bool(opt: Option, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in TRUE:
+        return True
+    if text in FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_int(opt: Option, raw: Any) -> int:
+    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+        raise ValueError("expected a whole number")
+    return int(str(raw).strip()) if isinstance(raw, str) else int(raw)
+
+
+def _parse_float(opt: Option, raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ValueError("expected a number")
+    value = float(raw)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def _parse_choice(opt: Option, raw: Any) -> str:
+    text = str(raw).strip()
+    if text not in opt.choices:
+        raise ValueError("expected one of " + ", ".join(opt.choices))
+    return text
+
+
+def _parse_list(opt: Option, raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        return tuple(p.strip() for p in raw.split(",") if p.strip())
+    if isinstance(raw, list | tuple) and all(isinstance(p, str) for p in raw):
+        return tuple(raw)
+    raise ValueError("expected a list of names")
+
+
+def _parse_str(opt: Option, raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError("expected a string")
+    return raw
+
+
+_PARSERS: dict[str, Callable[[Option, Any], Any]] = {
+    "bool": _parse_bool,
+    "int": _parse_int,
+    "float": _parse_float,
+    "choice": _parse_choice,
+    "list": _parse_list,
+    "str": _parse_str,
+}
+
+
+def read_toml(exp_dir: Path) -> dict[str, Any]:
+    """Read `<dir>/mlsm.toml` (absent → {}); unknown keys and bad files are errors."""
+    path = exp_dir / "mlsm.toml"
+    if not path.exists():
+        return {}
+    if not path.is_file():
+        raise ConfigError(f"{path} is not a file: replace it with a TOML file or remove it")
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text: save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}): fix the syntax") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name == "hooks" and isinstance(value, dict):
+            continue  # lifecycle hook commands, read by mlsm.handlers.lifecycle
+        if name not in OPTIONS_BY_NAME:
+            raise ConfigError(f"{path}: unknown key {key!r} (known: {_known_keys()})")
+        out[name] = value
+    return out
+
+
+def _known_keys() -> str:
+    return ", ".join(o.name.replace("_", "-") for o in OPTIONS)
+
+
+def resolve(
+    exp_dir: Path | None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Resolve flag > environment > mlsm.toml > default, once, into a frozen Config."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    environ = os.environ if environ is None else environ
+    file_values = read_toml(exp_dir) if exp_dir is not None else {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for opt in OPTIONS:
+        if opt.name in flags:
+            values[opt.name] = parse_value(opt, flags[opt.name], f"option {opt.flag}")
+            sources[opt.name] = "flag"
+        elif opt.env in environ:
+            values[opt.name] = parse_value(opt, environ[opt.env], f"environment {opt.env}")
+            sources[opt.name] = "env"
+        elif opt.name in file_values:
+            origin = f"{exp_dir}/mlsm.toml"
+            values[opt.name] = parse_value(opt, file_values[opt.name], origin)
+            sources[opt.name] = "file"
+    return Config(**values, sources=sources)
