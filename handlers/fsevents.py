@@ -1,0 +1,51 @@
+"""Watchdog handlers: turn file events in an experiment's root into engine wake-ups (never raise)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+
+# Our own reads produce "opened" and "closed_no_write" events: reacting to them would loop.
+IGNORED_TYPES = frozenset({"opened", "closed_no_write"})
+RELEVANT = frozenset({"IDEA.md", "PLAN.md", "train.py", "REPORT.md", "STOP", "mlsm.toml"})
+
+
+class ExperimentHandler(FileSystemEventHandler):
+    """Routes events on one experiment root: STOP to the killer at once, the rest as wake-ups."""
+
+    def __init__(self, root: str, wake: Callable[[], None], request_stop: Callable[[], None],
+                 log: Any) -> None:
+        self.root = root
+        self.wake = wake
+        self.request_stop = request_stop
+        self.log = log
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            self._route(event)
+        except Exception as exc:  # an exception here would kill the observer thread
+            self.log.exception("fs_handler_error", error=repr(exc))
+
+    def _route(self, event: FileSystemEvent) -> None:
+        if event.event_type in IGNORED_TYPES:
+            return
+        names = {_name(event.src_path), _name(getattr(event, "dest_path", "") or "")}
+        if event.src_path and _same(event.src_path, self.root):
+            self.wake()  # the root itself changed (deleted, moved): reconcile
+            return
+        if not names & RELEVANT:
+            return
+        if "STOP" in names and os.path.exists(os.path.join(self.root, "STOP")):
+            self.request_stop()
+        self.wake()
+
+
+def _name(path: str | bytes) -> str:
+    return os.path.basename(os.fsdecode(path))
+
+
+def _same(a: str | bytes, b: str) -> bool:
+    return os.path.normpath(os.fsdecode(a)) == os.path.normpath(b)
