@@ -1,44 +1,45 @@
 #!/usr/bin/env python3
-"""A scripted fake agent for tests: behaviour per role chosen by FAKE_* environment variables."""
+"""A scripted fake agent for tests: behaviour per role chosen by FAKE_* variables and marker files.
+
+- `<exp>/hang_<role>` exists: hang (with a child and a grandchild) until killed.
+- FAKE_IGNORE_TERM=1: the hanging agent ignores SIGTERM.
+- FAKE_FAIL_ROLE=<role>: exit 3 without a product.  FAKE_NO_PRODUCT_ROLE: exit 0, no product.
+- FAKE_DECISION: the analyze decision (default: continue, or finish at FAKE_FINISH_AT).
+- FAKE_TRAIN_BODY: the train.py the code role writes.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 TRAIN = '''\
-import json, os, sys
 from mlsm import hooks
 for i in range(3):
     hooks.log(step=i, total_steps=3, loss=1.0 / (i + 1 + {it}))
 hooks.result(loss=1.0 / ({it} + 1), goal="minimize")
 print("done iteration {it}")
 '''
+SLEEPER = "import time\nwhile True: time.sleep(60)"
 
 
-def main() -> int:
-    role = os.environ["MLSM_ROLE"]
-    exp = Path(os.environ["MLSM_DIR"])
-    run_dir = Path(os.environ["MLSM_RUN_DIR"])
-    it = int(os.environ["MLSM_ITERATION"])
-    print(f"fake agent role={role} iteration={it} pid={os.getpid()}", flush=True)
-    assert Path(os.environ["MLSM_PROMPT_FILE"]).is_file()
-    (exp / f".fake_{role}_pid").write_text(str(os.getpid()))
-    if os.environ.get("FAKE_HANG_ROLE") == role:
-        if os.environ.get("FAKE_IGNORE_TERM"):
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        while True:
-            time.sleep(3600)
-    fail_role = os.environ.get("FAKE_FAIL_ROLE")
-    if fail_role == role:
-        print("fake agent: deliberate failure", file=sys.stderr)
-        return 3
-    if os.environ.get("FAKE_NO_PRODUCT_ROLE") == role:
-        return 0
+def hang(exp: Path, role: str) -> None:
+    if os.environ.get("FAKE_IGNORE_TERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen([sys.executable, "-c",
+                              f"import subprocess,sys,time; subprocess.Popen([sys.executable,"
+                              f"'-c',{SLEEPER!r}]); time.sleep(3600)"])
+    (exp / f"hung_{role}.pid").write_text(f"{os.getpid()} {child.pid}")
+    while True:
+        time.sleep(3600)
+
+
+def write_product(role: str, exp: Path, run_dir: Path, it: int) -> None:
     if role == "plan":
         (exp / "PLAN.md").write_text("# Plan\nTry things.\n")
     elif role == "code":
@@ -52,6 +53,24 @@ def main() -> int:
             {"decision": decision, "reason": f"fake decision at iteration {it}"}))
     elif role == "report":
         (exp / "REPORT.md").write_text("# Report\n\n## Summary\nFake.\n")
+
+
+def main() -> int:
+    role = os.environ["MLSM_ROLE"]
+    exp = Path(os.environ["MLSM_DIR"])
+    run_dir = Path(os.environ["MLSM_RUN_DIR"])
+    it = int(os.environ["MLSM_ITERATION"])
+    print(f"fake agent role={role} iteration={it} pid={os.getpid()}", flush=True)
+    assert Path(os.environ["MLSM_PROMPT_FILE"]).is_file()
+    with (exp / "agent_calls.log").open("a") as fh:
+        fh.write(f"{role} {it}\n")
+    if (exp / f"hang_{role}").exists():
+        hang(exp, role)
+    if os.environ.get("FAKE_FAIL_ROLE") == role:
+        print("fake agent: deliberate failure", file=sys.stderr)
+        return 3
+    if os.environ.get("FAKE_NO_PRODUCT_ROLE") != role:
+        write_product(role, exp, run_dir, it)
     return 0
 
 

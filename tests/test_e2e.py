@@ -1,0 +1,234 @@
+"""End to end with a real daemon, real watcher, real processes and the scripted fake agent."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import Experiment, gone, wait_for
+
+TREE_TRAIN = '''\
+import os, signal, subprocess, sys, time
+from pathlib import Path
+from mlsm import hooks
+pids = Path(os.environ["MLSM_DIR"]) / "pids"
+pids.mkdir(exist_ok=True)
+SLEEP = "import time\\nwhile True: time.sleep(60)"
+IGNORE = "import signal, time\\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\\nwhile True: time.sleep(60)"
+def spawn(name, code, **kw):
+    p = subprocess.Popen([sys.executable, "-c", code], **kw)
+    (pids / name).write_text(str(p.pid))
+    return p
+spawn("child", "import subprocess,sys,time\\nsubprocess.Popen([sys.executable,'-c','import time\\\\nwhile True: time.sleep(60)'])\\ntime.sleep(3600)")
+spawn("setsid", SLEEP, start_new_session=True)
+spawn("ignores_term", IGNORE)
+# an orphan: its parent exits at once, leaving it reparented away from us
+spawn("orphan_parent", "import subprocess,sys\\nsubprocess.Popen([sys.executable,'-c','import time\\\\nwhile True: time.sleep(60)'])")
+(pids / "main").write_text(str(os.getpid()))
+while True:
+    hooks.heartbeat(0)
+    time.sleep(0.05)
+'''
+
+
+def test_idea_to_done_over_several_iterations(exp: Experiment) -> None:
+    exp.write("IDEA.md", "Make the loss small.\n")
+    run = exp.mlsm("run", "--max-iterations", "3")
+    assert run.wait() == 0, run.output()
+    status = exp.status()
+    assert status["state"] == "done" and status["complete"] is True
+    assert status["iteration"] == 3
+    assert [r["outcome"] for r in status["history"]] == ["ok", "ok", "ok"]
+    assert status["best"]["iteration"] == 3 and status["best"]["value"] == pytest.approx(0.25)
+    assert "max-iterations 3" in status["stop_reason"]
+    for it in (1, 2, 3):
+        run_dir = exp.path / "logs" / f"iter_{it:03d}"
+        assert (run_dir / "train.py").read_text() == (run_dir / "train.py").read_text()
+        assert f"done iteration {it}" in (run_dir / "stdout.log").read_text()
+        assert json.loads((run_dir / "exit.json").read_text())["returncode"] == 0
+        assert (run_dir / "agent_code.log").is_file()
+    assert exp.agent_calls() == ["plan 0", "code 1", "analyze 1", "code 2", "analyze 2",
+                                 "code 3", "analyze 3", "report 3"]
+    transitions = [e for e in exp.events() if e["event"] == "transition"]
+    assert [t["dest"] for t in transitions][:4] == ["planning", "coding", "training", "analyzing"]
+    assert transitions[-1]["dest"] == "done"
+    assert "transition" in exp.runner_log()
+
+
+def test_snapshot_is_the_train_py_each_iteration_ran(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    assert exp.mlsm("run", "--max-iterations", "2").wait() == 0
+    first = (exp.path / "logs" / "iter_001" / "train.py").read_text()
+    second = (exp.path / "logs" / "iter_002" / "train.py").read_text()
+    assert "1.0 / (1 + 1)" in first and "1.0 / (2 + 1)" in second
+
+
+def test_watch_starts_on_idea_and_keeps_watching_after_done(exp: Experiment) -> None:
+    daemon = exp.mlsm("watch", "--max-iterations", "1")
+    wait_for(lambda: "waiting_for_idea" in exp.runner_log(), what="daemon ready")
+    exp.write("IDEA.md", "go")
+    exp.wait_state("done")
+    assert daemon.proc.poll() is None  # still watching
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 130
+
+
+def test_hand_written_plan_skips_planning(exp: Experiment) -> None:
+    exp.write("PLAN.md", "# My plan\n")
+    exp.write("IDEA.md", "x")
+    assert exp.mlsm("run", "--max-iterations", "1").wait() == 0
+    assert "plan 0" not in exp.agent_calls()
+    assert (exp.path / "PLAN.md").read_text() == "# My plan\n"
+    assert not (exp.path / "logs" / "plan").exists()
+
+
+def test_persons_train_py_is_the_baseline(exp: Experiment) -> None:
+    mine = "print('my baseline')\n"
+    exp.write("train.py", mine)
+    exp.write("IDEA.md", "x")
+    assert exp.mlsm("run", "--max-iterations", "2").wait() == 0
+    assert (exp.path / "logs" / "iter_001" / "train.py").read_text() == mine
+    assert "my baseline" in (exp.path / "logs" / "iter_001" / "stdout.log").read_text()
+    assert "code 1" not in exp.agent_calls() and "code 2" in exp.agent_calls()
+
+
+def test_syntax_error_reaches_analyzing_with_the_error(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    run = exp.mlsm("run", "--max-iterations", "1", FAKE_TRAIN_BODY="def broken(:\n")
+    assert run.wait() == 0
+    assert "analyze 1" in exp.agent_calls()
+    stderr = (exp.path / "logs" / "iter_001" / "stderr.log").read_text()
+    assert "SyntaxError" in stderr
+    row = exp.status()["history"][0]
+    assert row["outcome"] == "failed" and row["returncode"] == 1
+
+
+@pytest.mark.parametrize("role,state", [("plan", "planning"), ("code", "coding"),
+                                        ("analyze", "analyzing"), ("report", "reporting")])
+def test_stop_in_agent_state_kills_tree_and_resumes(exp: Experiment, role: str,
+                                                    state: str) -> None:
+    marker = exp.write(f"hang_{role}", "")
+    exp.write("IDEA.md", "x")
+    daemon = exp.mlsm("watch", "--max-iterations", "1")
+    pidfile = exp.path / f"hung_{role}.pid"
+    wait_for(pidfile.exists, what="hung agent")
+    exp.wait_state(state)
+    pids = [int(p) for p in pidfile.read_text().split()]
+    wait_for(lambda: len(_descendants(pids[0])) >= 1, what="agent's grandchild")
+    tree = pids + _descendants(pids[0])
+    (exp.path / "STOP").touch()
+    status = exp.wait_state("stopped")
+    assert status["previous_state"] == state
+    wait_for(lambda: all(gone(p) for p in tree), 10, "agent tree gone")
+    marker.unlink()
+    (exp.path / "STOP").unlink()
+    exp.wait_state("done")
+    assert exp.agent_calls().count(f"{role} {1 if role in ('code', 'analyze') else _it(role)}") == 2
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 130
+
+
+def _it(role: str) -> int:
+    return 0 if role == "plan" else 1
+
+
+def _descendants(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def test_stop_in_training_kills_every_process_and_reruns(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    exp.write("train.py", TREE_TRAIN)
+    daemon = exp.mlsm("watch", "--max-iterations", "1")
+    pids_dir = exp.path / "pids"
+    names = ("child", "setsid", "ignores_term", "orphan_parent", "main")
+    wait_for(lambda: all((pids_dir / n).exists() for n in names), what="training tree")
+    pids = [int((pids_dir / n).read_text()) for n in names]
+    (exp.path / "STOP").touch()
+    exp.wait_state("stopped")
+    wait_for(lambda: all(gone(p) for p in pids), 10, "every training process gone")
+    assert _tagged_survivors(exp.path) == []
+    # Resume with a quick training: the interrupted attempt's logs are kept aside.
+    exp.write("train.py", "from mlsm import hooks\nhooks.result(loss=1.0)\n")
+    (exp.path / "STOP").unlink()
+    exp.wait_state("done")
+    run_dir = exp.path / "logs" / "iter_001"
+    assert (run_dir / "attempt_1" / "train.py").read_text() == TREE_TRAIN
+    assert json.loads((run_dir / "exit.json").read_text())["returncode"] == 0
+    daemon.signal(signal.SIGTERM)
+    daemon.wait()
+
+
+def _tagged_survivors(d: Path) -> list[int]:
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.cwd().startswith(str(d)) and proc.status() != psutil.STATUS_ZOMBIE:
+                if "mlsm.machine.cli" not in " ".join(proc.cmdline()):
+                    out.append(proc.pid)
+        except psutil.Error:
+            continue
+    return out
+
+
+def test_report_mid_run_ends_it(exp: Experiment) -> None:
+    exp.write("hang_code", "")
+    exp.write("IDEA.md", "x")
+    run = exp.mlsm("run")
+    wait_for((exp.path / "hung_code.pid").exists, what="hung code agent")
+    pid = int((exp.path / "hung_code.pid").read_text().split()[0])
+    exp.write("REPORT.md", "# Written by hand\n")
+    assert run.wait() == 0
+    status = exp.status()
+    assert status["state"] == "done" and status["complete"] is True
+    assert gone(pid)
+
+
+def test_stop_present_at_start_keeps_it_stopped(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    (exp.path / "STOP").touch()
+    daemon = exp.mlsm("watch")
+    status = exp.wait_state("stopped")
+    assert status["previous_state"] == "idle"
+    assert exp.agent_calls() == []
+    (exp.path / "STOP").unlink()
+    exp.wait_state("planning", "coding", "training", "analyzing", "done")
+    daemon.signal(signal.SIGINT)
+    assert daemon.wait() == 130
+
+
+def test_sigterm_mid_training_is_resumable(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    exp.write("train.py", "import time\nfrom mlsm import hooks\nwhile True:\n"
+                          "    hooks.heartbeat(); time.sleep(0.05)\n")
+    daemon = exp.mlsm("watch", "--max-iterations", "1")
+    status = exp.wait_state("training")
+    wait_for(lambda: exp.status().get("training"), what="training recorded")
+    pid = exp.status()["training"]["pid"]
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 130
+    assert gone(pid)
+    status = exp.status()
+    assert status["state"] == "training" and status["training"]["interrupted"] is True
+    exp.write("train.py", "from mlsm import hooks\nhooks.result(loss=2.0)\n")
+    assert exp.mlsm("run").wait() == 0
+    assert (exp.path / "logs" / "iter_001" / "attempt_1" / "stdout.log").exists()
+
+
+def test_second_daemon_is_refused_naming_the_pid(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    exp.write("hang_plan", "")
+    first = exp.mlsm("watch")
+    exp.wait_state("planning")
+    second = exp.mlsm("watch")
+    assert second.wait() == 4
+    assert f"pid {first.proc.pid}" in second.output()
