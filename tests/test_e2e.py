@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import Experiment, gone, wait_for
+from helpers import Experiment, gone, wait_for
 
 TREE_TRAIN = '''\
 import os, signal, subprocess, sys, time

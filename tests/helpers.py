@@ -1,0 +1,156 @@
+"""Shared test helpers: experiment directories, a real `mlsm` daemon in a subprocess, deadlines."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_AGENT = REPO / "tests" / "fake_agent.py"
+AGENT_CMD = f"{sys.executable} {FAKE_AGENT}"
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll `pred` until truthy or the deadline passes (then fail, saying what we waited for)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def read_status(d: Path) -> dict[str, Any]:
+    try:
+        doc: dict[str, Any] = json.loads((d / "status.json").read_text())
+        return doc
+    except (OSError, ValueError):
+        return {}
+
+
+def gone(pid: int) -> bool:
+    """A pid that no longer runs (a zombie counts as dead)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+class Mlsm:
+    """A real `mlsm` process (watch or run) with its output captured to files."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.out = cwd / f"mlsm-{time.monotonic_ns()}.out"
+        self._fh = self.out.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlsm.machine.cli", *args],
+                                     stdout=self._fh, stderr=subprocess.STDOUT, env=env,
+                                     cwd=cwd)
+
+    def wait(self, timeout: float = 60) -> int:
+        code = self.proc.wait(timeout)
+        self._fh.close()
+        return code
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Experiment:
+    """An experiment directory plus helpers to drive it."""
+
+    def __init__(self, path: Path, env: dict[str, str], procs: list[Mlsm]) -> None:
+        self.path = path
+        self.env = env
+        self._procs = procs
+
+    def write(self, name: str, text: str) -> Path:
+        target = self.path / name
+        target.write_text(text)
+        return target
+
+    def status(self) -> dict[str, Any]:
+        return read_status(self.path)
+
+    def state(self) -> str | None:
+        return self.status().get("state")
+
+    def wait_state(self, *states: str, timeout: float = 30) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            s = self.status()
+            return s if s.get("state") in states else None
+        result: dict[str, Any] = wait_for(check, timeout, f"state in {states} "
+                                          f"(now {self.state()})")
+        return result
+
+    def mlsm(self, cmd: str, *args: str, agent: bool = True, **env: str) -> Mlsm:
+        extra = ["--agent", "command", "--agent-cmd", AGENT_CMD] if agent else []
+        proc = Mlsm([cmd, str(self.path), *extra, "--grace", "2", "--retry-backoff", "0.05",
+                     *args], self.path.parent, {**self.env, **env})
+        self._procs.append(proc)
+        return proc
+
+    def runner_log(self) -> str:
+        try:
+            return (self.path / "logs" / "runner.log").read_text()
+        except OSError:
+            return ""
+
+    def events(self) -> list[dict[str, Any]]:
+        try:
+            lines = (self.path / "logs" / "events.jsonl").read_text().splitlines()
+        except OSError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def agent_calls(self) -> list[str]:
+        try:
+            return (self.path / "agent_calls.log").read_text().split("\n")[:-1]
+        except OSError:
+            return []
+
+
+@pytest.fixture
+def exp(tmp_path: Path) -> Iterator[Experiment]:
+    """An empty experiment directory; every mlsm started through it is killed at teardown."""
+    d = tmp_path / "exp"
+    d.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLSM_", "FAKE_"))}
+    procs: list[Mlsm] = []
+    e = Experiment(d, env, procs)
+    yield e
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.signal(signal.SIGTERM)
+            p.proc.wait(10)
+        p.kill()
+    _kill_tagged(d)
+
+
+def _kill_tagged(d: Path) -> None:
+    """Leave no process behind that a test started in `d` (by its cwd or environment)."""
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid", "cwd"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.pid != me and proc.info["cwd"] and proc.info["cwd"].startswith(str(d)):
+                proc.kill()
