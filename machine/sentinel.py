@@ -56,8 +56,9 @@ class HeartbeatWatch:
             expect = beat.get("expect_next_within")
             self.expect_next_within = float(expect) if isinstance(expect, int | float) else None
         if output_size != self.last_size:
+            if self.last_size >= 0:  # the first reading is a baseline, not growth
+                self.last_growth = now
             self.last_size = output_size
-            self.last_growth = now
         if self.run_timeout and now - self.started > self.run_timeout:
             return Verdict("run_timeout", now - self.started,
                            f"training ran longer than --run-timeout {self.run_timeout:g}s")
