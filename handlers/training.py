@@ -78,6 +78,7 @@ def finalize_exit(run_dir: Path, started: float | None, fallback_reason: str) ->
     record = {
         "returncode": None, "signal": "SIGKILL" if note else None,
         "reason": note.get("reason") or fallback_reason, "detail": note.get("detail"),
+        "seconds": note.get("seconds"),
         "started_at": started, "ended_at": now,
         "duration_s": (now - started) if started else None, "pid": None,
     }

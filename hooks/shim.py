@@ -52,6 +52,7 @@ def exit_record(returncode: int | None, started: float, run_dir: Path,
     if note.get("reason"):
         record["reason"] = note["reason"]
         record["detail"] = note.get("detail") or detail
+        record["seconds"] = note.get("seconds")
     return record
 
 

@@ -189,7 +189,7 @@ class Experiment:
         self._guard(self._restore)
         self._guard(self._reconcile)
         while True:
-            timeout = DIRTY_RETRY_S if self._dirty else RECONCILE_S
+            timeout = DIRTY_RETRY_S if self._dirty else min(RECONCILE_S, self._budget_left_s())
             try:
                 event = self.queue.get(timeout=timeout)
             except queue.Empty:
@@ -311,6 +311,14 @@ class Experiment:
     def hours_spent(self) -> float:
         started = parse_iso(self.status.get("started_at"))
         return 0.0 if started is None else max(0.0, (self.wall() - started) / 3600)
+
+    def _budget_left_s(self) -> float:
+        """Seconds until --max-hours runs out (wake then), at least a short moment."""
+        if not self.config.max_hours or self.status.get("started_at") is None \
+                or self.state not in (State.PLANNING, State.CODING, State.TRAINING):
+            return RECONCILE_S
+        left = (self.config.max_hours - self.hours_spent()) * 3600
+        return left + 0.05 if left > 0 else 1.0
 
     def _check_wall_budget(self, state: State) -> None:
         if not self.config.max_hours or self.hours_spent() < self.config.max_hours:

@@ -34,7 +34,9 @@ def hang(exp: Path, role: str) -> None:
     child = subprocess.Popen([sys.executable, "-c",
                               f"import subprocess,sys,time; subprocess.Popen([sys.executable,"
                               f"'-c',{SLEEPER!r}]); time.sleep(3600)"])
-    (exp / f"hung_{role}.pid").write_text(f"{os.getpid()} {child.pid}")
+    tmp = exp / f".hung_{role}.tmp"
+    tmp.write_text(f"{os.getpid()} {child.pid}")
+    tmp.rename(exp / f"hung_{role}.pid")  # atomic: a reader never sees it half-written
     while True:
         time.sleep(3600)
 

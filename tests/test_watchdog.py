@@ -1,0 +1,172 @@
+"""Heartbeats, budgets and the standalone `mlsm watchdog`, with real daemons and trainings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import Experiment, Mlsm, gone, wait_for
+
+from mlsm.machine import procs, store
+
+FAST_BEATS = {"MLSM_HEARTBEAT_INTERVAL": "0.05", "FAKE_DECISION": "finish"}
+BEAT_UNTIL_MARKER = '''\
+import os, time
+from pathlib import Path
+from mlsm import hooks
+marker = Path(os.environ["MLSM_DIR"]) / "hang_now"
+step = 0
+while True:
+    step += 1
+    hooks.heartbeat(step)
+    if marker.exists():
+        break
+    time.sleep(0.02)
+time.sleep(3600)
+'''
+
+
+def _exit(exp: Experiment, it: int = 1) -> dict[str, object]:
+    doc: dict[str, object] = json.loads(
+        (exp.path / "logs" / f"iter_{it:03d}" / "exit.json").read_text())
+    return doc
+
+
+def test_stale_heartbeat_is_killed_in_time_with_a_stack_dump(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    exp.write("train.py", BEAT_UNTIL_MARKER)
+    exp.write("hang_now", "")  # beat once, then hang
+    run = exp.mlsm("run", "--heartbeat-timeout", "1", **FAST_BEATS)
+    assert run.wait() == 0, run.output()
+    record = _exit(exp)
+    assert record["reason"] == "stale_heartbeat"
+    assert isinstance(record["seconds"], float) and 1.0 <= record["seconds"] < 3.0
+    run_dir = exp.path / "logs" / "iter_001"
+    beat = json.loads((run_dir / "heartbeat.json").read_text())
+    assert float(record["ended_at"]) - beat["t"] <= 1.0 + 2.0  # timeout + 2 s
+    assert "most recent call first" in (run_dir / "stderr.log").read_text()
+    assert exp.status()["history"][0]["reason"] == "stale_heartbeat"
+    assert "analyze 1" in exp.agent_calls()
+
+
+def test_printing_without_heartbeats_falls_back_to_output_growth(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    exp.write("train.py", "import time\nfor i in range(25):\n    print('step', i, flush=True)\n"
+                          "    time.sleep(0.1)\ntime.sleep(3600)\n")
+    run = exp.mlsm("run", "--startup-grace", "0.5", "--output-timeout", "1.5", **FAST_BEATS)
+    assert run.wait() == 0
+    record = _exit(exp)
+    assert record["reason"] == "stale_heartbeat" and "no heartbeat ever" in str(record["detail"])
+    stdout = (exp.path / "logs" / "iter_001" / "stdout.log").read_text()
+    assert "step 24" in stdout  # it was left alone while it printed
+    assert "hooks.heartbeat(step)" in exp.runner_log()
+
+
+def test_expect_next_within_is_honoured(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    exp.write("train.py", "import time\nfrom mlsm import hooks\nhooks.heartbeat(1)\n"
+                          "hooks.heartbeat(2, expect_next_within=10)\ntime.sleep(2.5)\n"
+                          "hooks.heartbeat(3)\nhooks.result(loss=0.5)\n")
+    run = exp.mlsm("run", "--heartbeat-timeout", "1", **FAST_BEATS)
+    assert run.wait() == 0
+    record = _exit(exp)
+    assert record["reason"] == "exited" and record["returncode"] == 0
+
+
+def test_run_timeout_kills_the_tree(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    exp.write("train.py", BEAT_UNTIL_MARKER)
+    run = exp.mlsm("run", "--run-timeout", "1", **FAST_BEATS)
+    assert run.wait() == 0
+    assert _exit(exp)["reason"] == "run_timeout"
+
+
+def test_max_failures_moves_to_reporting(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    run = exp.mlsm("run", "--max-failures", "2", "--max-iterations", "6",
+                   FAKE_TRAIN_BODY="raise SystemExit(2)\n")
+    assert run.wait() == 0
+    status = exp.status()
+    assert status["iteration"] == 2 and "2 consecutive iterations failed" in status["stop_reason"]
+    assert "report 2" in exp.agent_calls() and status["state"] == "done"
+
+
+def test_patience_moves_to_reporting(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    run = exp.mlsm("run", "--patience", "2", "--max-iterations", "9",
+                   FAKE_TRAIN_BODY="from mlsm import hooks\nhooks.result(loss=1.0)\n")
+    assert run.wait() == 0
+    status = exp.status()
+    assert status["iteration"] == 3 and "--patience 2" in status["stop_reason"]
+    assert status["best"]["iteration"] == 1
+
+
+def test_max_hours_kills_training_and_still_reports(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    exp.write("train.py", BEAT_UNTIL_MARKER)
+    run = exp.mlsm("run", "--max-hours", "0.0004", "--max-iterations", "5",
+                   MLSM_HEARTBEAT_INTERVAL="0.05")
+    assert run.wait(90) == 0
+    status = exp.status()
+    assert _exit(exp)["reason"] == "max_hours"
+    assert "wall-time budget" in status["stop_reason"] and status["iteration"] == 1
+    assert (exp.path / "REPORT.md").exists()
+
+
+def test_watchdog_kills_hung_training_of_a_dead_daemon(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    exp.write("train.py", BEAT_UNTIL_MARKER)
+    daemon = exp.mlsm("watch", "--heartbeat-timeout", "1", MLSM_HEARTBEAT_INTERVAL="0.05")
+    exp.wait_state("training")
+    pid = wait_for(lambda: (exp.status().get("training") or {}).get("pid"), what="training pid")
+    wait_for((exp.path / "logs" / "iter_001" / "heartbeat.json").exists, what="first beat")
+    daemon.proc.kill()  # kill -9: no cleanup at all
+    daemon.wait()
+    assert not gone(pid)
+    healthy = Mlsm(["watchdog", str(exp.path)], exp.path.parent, exp.env)
+    assert healthy.wait() == 0, healthy.output()
+    assert "healthy" in healthy.output() and "daemon not running" in healthy.output()
+    exp.write("hang_now", "")
+
+    def stale() -> bool:
+        return Mlsm(["watchdog", str(exp.path)], exp.path.parent, exp.env).wait() == 5
+    wait_for(stale, 10, "watchdog to see the stale heartbeat")
+    act = Mlsm(["watchdog", str(exp.path), "--kill"], exp.path.parent, exp.env)
+    assert act.wait() == 6, act.output()
+    assert "stale" in act.output() and "killed" in act.output()
+    assert gone(pid)
+    assert _exit(exp)["reason"] == "stale_heartbeat"
+    assert any(e["event"] == "watchdog_killed" for e in exp.events())
+    # The next daemon picks the ended run up from exit.json and carries on.
+    run = exp.mlsm("run", FAKE_DECISION="finish")
+    assert run.wait() == 0
+    assert "training_ended_while_down" in exp.runner_log()
+
+
+def test_watchdog_never_kills_a_recycled_pid(exp: Experiment, tmp_path: Path) -> None:
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        status = store.new_status(3)
+        status.update(state="training", iteration=1, started_at=store.now_iso())
+        status["training"] = {
+            "pid": bystander.pid, "pgid": bystander.pid, "boot_id": procs.boot_id(),
+            "start_ticks": (procs.start_ticks(bystander.pid) or 0) + 12345,
+            "run_id": "recycled", "cmd": ["python", "train.py"], "started_at": store.now_iso(),
+        }
+        store.write_status(exp.path, status)
+        run = Mlsm(["watchdog", str(exp.path), "--kill"], exp.path.parent, exp.env)
+        assert run.wait() == 0, run.output()
+        assert "belongs to another process" in run.output()
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_watchdog_errors_clearly(exp: Experiment) -> None:
+    run = Mlsm(["watchdog", str(exp.path)], exp.path.parent, exp.env)
+    assert run.wait() == 3
+    assert "has no status.json" in run.output()
+
