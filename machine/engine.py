@@ -366,6 +366,8 @@ class Experiment:
             self.status["previous_state"] = None
         if dest != src:
             self.status["step_attempt"] = 0
+        if event.event.name == "planned":
+            self.status["iteration"] = 1  # iteration 1 is the first CODING → TRAINING → ANALYZING
         if dest in (State.STOPPED, State.DONE, State.FAILED):
             self._kill_all("stopped", f"the run is {dest}")
             self.status["agent"] = self.status["training"] = None
@@ -479,7 +481,6 @@ class Experiment:
             self.status["stop_reason"] = cost
             self.model.conclude()
         elif role == "plan":
-            self.status["iteration"] = 1
             self.model.planned()
         elif role == "code":
             self.model.coded()

@@ -82,6 +82,8 @@ def test_hand_written_plan_skips_planning(exp: Experiment) -> None:
     assert "plan 0" not in exp.agent_calls()
     assert (exp.path / "PLAN.md").read_text() == "# My plan\n"
     assert not (exp.path / "logs" / "plan").exists()
+    assert exp.status()["history"][0]["iteration"] == 1
+    assert (exp.path / "logs" / "iter_001" / "exit.json").exists()
 
 
 def test_persons_train_py_is_the_baseline(exp: Experiment) -> None:
