@@ -366,8 +366,11 @@ class Experiment:
             self.status["previous_state"] = None
         if dest != src:
             self.status["step_attempt"] = 0
+        # The iteration moves with the transition itself, so one persist records both.
         if event.event.name == "planned":
             self.status["iteration"] = 1  # iteration 1 is the first CODING → TRAINING → ANALYZING
+        elif event.event.name == "iterate":
+            self.status["iteration"] += 1
         if dest in (State.STOPPED, State.DONE, State.FAILED):
             self._kill_all("stopped", f"the run is {dest}")
             self.status["agent"] = self.status["training"] = None
@@ -526,7 +529,6 @@ class Experiment:
             self.status["stop_reason"] = budget
             self.model.conclude()
             return
-        self.status["iteration"] += 1
         self.model.iterate()
 
     # ----- training --------------------------------------------------------------------
