@@ -1,1 +1,458 @@
-"""In-training API (placeholder)."""
+"""In-training API: heartbeats, metrics, parameters and the result, written under $MLSM_RUN_DIR."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import math
+import os
+import sys
+import time
+from _thread import RLock
+
+from . import _io
+from ._space import (
+    ParamsError,
+    Space,
+    choice,
+    declare,
+    describe_all,
+    intrange,
+    loguniform,
+    merge,
+    uniform,
+)
+
+TYPE_CHECKING = False  # typing costs milliseconds at import; only the type checker needs it
+if TYPE_CHECKING:
+    from types import FrameType, ModuleType
+    from typing import Any
+
+    from ._tb import Mirror
+
+__all__ = [
+    "Params",
+    "ParamsError",
+    "Space",
+    "choice",
+    "enabled",
+    "flush",
+    "heartbeat",
+    "intrange",
+    "log",
+    "loguniform",
+    "params",
+    "result",
+    "uniform",
+]
+
+GOALS = ("minimize", "maximize")
+_MAX_ROWS = 4096  # flush early too, so a tight loop cannot pile up memory within one interval
+_monotonic = time.monotonic  # a module global: the fast paths skip one attribute lookup
+
+# Configuration, read once at import by _configure().
+_RUN_DIR: str | None = None
+_INTERVAL = 1.0
+_FLUSH_EVERY = 1.0
+_TB = False
+
+# Per-process state, renewed by _reset() at import and in every forked child.
+_on = False
+_next_beat = math.inf
+_next_flush = math.inf
+_buf: list[tuple[Any, float, dict[str, Any]]] = []
+_seq = 0
+_step: Any = None
+_total: int | None = None
+_lock = RLock()
+_metrics: _io.Appender | None = None
+_mirror: Mirror | None = None
+_formats: dict[tuple[str, ...], str] = {}  # metrics.jsonl line template per key set
+
+
+class Params(dict["str", "Any"]):
+    """The parameters to train with: `cfg.lr` and `cfg["lr"]` both work."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no parameter named {name!r}") from None
+
+
+class _Coerced(dict["str", "Any"]):
+    """Metrics with an int, tensor or bad value: written by the exact (slower) path."""
+
+    __slots__ = ()
+
+
+def enabled() -> bool:
+    """Whether this process runs under mlsm (MLSM_RUN_DIR is set); else every hook does nothing."""
+    return _RUN_DIR is not None
+
+
+def heartbeat(step: int | None = None, *, expect_next_within: float | None = None) -> None:
+    """Tell mlsm the training is alive; call it every step: it writes heartbeat.json at most once
+    per MLSM_HEARTBEAT_INTERVAL seconds (default 1), and costs a clock read otherwise.
+
+    `expect_next_within` (seconds) always writes and widens the staleness limit until the next
+    beat, e.g. before a long evaluation. A `step` of None keeps the last step reported.
+    """
+    if expect_next_within is None and _monotonic() < _next_beat:
+        return
+    _beat(step, expect_next_within)
+
+
+def log(step: int | None = None, *, total_steps: int | None = None, **metrics: float) -> None:
+    """Record metrics for `step` in metrics.jsonl; also a heartbeat. Cheap enough for every step.
+
+    Rows are buffered and written on the first call after MLSM_FLUSH_INTERVAL seconds (default
+    1), on flush(), result(), normal exit and SIGTERM; a crash loses only the unwritten rows.
+    Each line is `{"step": .., "t": <unix time, ms>, "<name>": <value>, ..}`: floats with 12
+    significant digits (an integral float may read back as an int), ints exact, NaN and
+    infinities as the strings "nan", "inf", "-inf" (so `float(value)` reads every value back),
+    anything else as null. Tensors are detached here and read at flush time, so logging one
+    does not wait for the device each step. `total_steps` is remembered once given.
+    """
+    if not _on:
+        return
+    if total_steps is not None and total_steps != _total:
+        _remember_total(total_steps)
+    for value in metrics.values():
+        if type(value) is not float:
+            metrics = _Coerced({k: _scalar(v) for k, v in metrics.items()})
+            break
+    now = _monotonic()
+    _buf.append((step, now, metrics))
+    if now >= _next_flush or len(_buf) >= _MAX_ROWS:
+        flush()
+    if now >= _next_beat:
+        _beat(step, None)
+
+
+def flush() -> None:
+    """Write the buffered metrics to metrics.jsonl (and the TensorBoard mirror) now."""
+    global _next_flush
+    with _lock:
+        _next_flush = _monotonic() + _FLUSH_EVERY
+        rows = _buf[:]
+        del _buf[: len(rows)]  # not a new list: a row appended meanwhile by a thread stays
+        if not rows or _metrics is None:
+            return
+        offset = time.time() - _monotonic()  # buffered times are monotonic: convert at once
+        _metrics.append(_encode(rows, offset))
+        if _TB:
+            _mirror_rows(rows, offset)
+
+
+def params(**defaults: Any) -> Params:
+    """The defaults (plain values or spaces such as `loguniform(1e-4, 1e-1)`) with mlsm's overrides.
+
+    Under mlsm the overrides come from params.json; one that is unknown or does not fit its
+    space raises ParamsError. The space goes to space.json, the values used to params_used.json.
+    Call it once per training script: each call describes the whole space.
+    """
+    spaces = declare(defaults)
+    if _RUN_DIR is None:
+        return Params({key: space.default for key, space in spaces.items()})
+    values = merge(spaces, _read_overrides())
+    if _on:
+        _write_json("space.json", describe_all(spaces))
+        _write_json("params_used.json", values)
+    return Params(values)
+
+
+def result(goal: str = "minimize", objective: str | None = None, **metrics: float) -> None:
+    """Record the final metrics in result.json; `objective` (default: the first) is the one to
+    `goal` ("minimize" or "maximize"). Also flushes metrics and prints one `mlsm-result:` line.
+    """
+    name = _check_result(goal, objective, metrics)
+    if not _on:
+        return
+    flush()
+    values = {key: _plain(value) for key, value in metrics.items()}
+    doc = {"metrics": values, "objective": name, "goal": goal, "t": time.time()}
+    _write_json("result.json", doc, durable=True)
+    ordered = [name, *(key for key in metrics if key != name)]
+    summary = " ".join(f"{key}={_fmt(values[key])}" for key in ordered)
+    print(f"mlsm-result: {summary} goal={goal}", flush=True)
+
+
+def _check_result(goal: str, objective: str | None, metrics: dict[str, Any]) -> str:
+    """The objective's name; ValueError for a bad goal or objective, under mlsm or not."""
+    if goal not in GOALS:
+        raise ValueError(f"goal must be 'minimize' or 'maximize', not {goal!r}")
+    if not metrics:
+        raise ValueError("result() needs at least one metric, e.g. result(val_loss=0.31)")
+    name = next(iter(metrics)) if objective is None else objective
+    if name not in metrics:
+        given = ", ".join(metrics)
+        raise ValueError(f"objective {name!r} is not among the metrics given ({given})")
+    return name
+
+
+def _beat(step: Any, expect: float | None) -> None:
+    """Write heartbeat.json (pid, seq, step, total_steps, t, expect_next_within) atomically."""
+    global _next_beat, _seq, _step
+    if expect is not None:
+        expect = _check_expect(expect)
+    if not _on:
+        return
+    with _lock:  # threads share one temp file name
+        _next_beat = _monotonic() + _INTERVAL
+        _seq += 1
+        if step is not None:
+            _step = step
+        wait = "null" if expect is None else repr(expect)
+        text = (f'{{"pid": {os.getpid()}, "seq": {_seq}, "step": {_int(_step)}, '
+                f'"total_steps": {_int(_total)}, "t": {time.time():.6f}, '
+                f'"expect_next_within": {wait}}}\n')
+        _io.replace(_path("heartbeat.json"), text, durable=False)
+
+
+def _check_expect(expect: Any) -> float:
+    seconds = float(expect)
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"expect_next_within must be seconds >= 0, not {expect!r}")
+    return seconds
+
+
+def _remember_total(total_steps: Any) -> None:
+    global _total
+    try:
+        _total = int(total_steps)
+    except (TypeError, ValueError):
+        _io.say_once("total_steps", f"total_steps={total_steps!r} is not an integer; ignored")
+
+
+def _scalar(value: Any) -> Any:
+    """A float or int, or a detached tensor (read at flush); None for what is not a number."""
+    if type(value) is float or type(value) is int:
+        return value
+    detach = getattr(value, "detach", None)
+    if detach is not None:
+        return detach()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        _io.say_once("metric", f"a metric value {value!r} is not a number; written as null")
+        return None
+
+
+def _encode(rows: list[tuple[Any, float, dict[str, Any]]], offset: float) -> str:
+    """metrics.jsonl lines for `rows`, formatted by one C-level `%` over all of them.
+
+    json.dumps alone costs more than a log() call may; so plain rows (int step, all values
+    finite floats) share a cached template per key set, and the rest go through _row().
+    """
+    formats: list[str] = []
+    args: list[Any] = []
+    last_ms, stamp = -1, ""
+    for step, mono, metrics in rows:
+        ms = int((mono + offset) * 1000)
+        if ms != last_ms:  # rows of a tight loop share a millisecond: format it once
+            last_ms, stamp = ms, f"{ms / 1000:.3f}"
+        total = sum(metrics.values()) if type(metrics) is dict else math.nan
+        if type(step) is int and total - total == 0.0:  # NaN and inf fail this test
+            keys = tuple(metrics)
+            formats.append(_formats.get(keys) or _format(keys))
+            args += (step, stamp, *metrics.values())
+        else:
+            formats.append("%s")
+            args.append(_row(step, stamp, metrics))
+    return "".join(formats) % tuple(args)
+
+
+def _format(keys: tuple[str, ...]) -> str:
+    import json
+
+    quoted = [json.dumps(key).replace("%", "%%") for key in keys]
+    _formats[keys] = template = (
+        '{"step": %d, "t": %s' + "".join(f", {q}: %.12g" for q in quoted) + "}\n")
+    return template
+
+
+def _row(step: Any, stamp: str, metrics: dict[str, Any]) -> str:
+    """One line for a row the template cannot take: odd step, non-finite or non-float values."""
+    import json
+
+    fields = "".join([f", {json.dumps(k)}: {_number(v)}" for k, v in metrics.items()])
+    return f'{{"step": {_int(step)}, "t": {stamp}{fields}}}\n'
+
+
+def _number(value: Any) -> str:
+    """A JSON number; NaN and infinities as the strings "nan", "inf", "-inf"; else null.
+
+    Floats keep 12 significant digits (float32 values round-trip exactly): shortest repr()
+    costs twice as much, and the fast path formats with %.12g too. Ints stay exact.
+    """
+    if type(value) is float:
+        if value - value == 0.0:  # finite
+            return f"{value:.12g}"
+    elif type(value) is int:
+        return str(value)
+    else:
+        try:
+            value = float(value)
+        except Exception:  # a foreign object (tensor, array) may raise anything; never crash
+            return "null"
+        if value - value == 0.0:
+            return f"{value:.12g}"
+    return '"nan"' if value != value else ('"inf"' if value > 0 else '"-inf"')
+
+
+def _plain(value: Any) -> float | str | None:
+    """A metric as result.json holds it: an exact float, "nan"/"inf"/"-inf", or null."""
+    try:
+        number = float(value)
+    except Exception:  # a foreign object (tensor, array) may raise anything; never crash
+        return None
+    if math.isfinite(number):
+        return number
+    return "nan" if number != number else ("inf" if number > 0 else "-inf")
+
+
+def _int(value: Any) -> str:
+    if value is None:
+        return "null"
+    try:
+        return str(int(value))
+    except Exception:  # a foreign object may raise anything; never crash
+        return "null"
+
+
+def _fmt(value: float | str | None) -> str:
+    if not isinstance(value, float):
+        return str(value).lower()
+    return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{value:.4g}"
+
+
+def _mirror_rows(rows: list[tuple[Any, float, dict[str, Any]]], offset: float) -> None:
+    """Copy flushed rows to TensorBoard; any failure turns the mirror off, never the training."""
+    global _TB, _mirror
+    try:
+        if _mirror is None:
+            from ._tb import Mirror
+
+            _mirror = Mirror(_path("tb"))
+        _mirror.write([(step, mono + offset, ms) for step, mono, ms in rows])
+    except Exception as exc:  # TensorBoard is optional and foreign: it must not stop training
+        _TB = False
+        _io.warn_once("tb/ (the TensorBoard mirror is off)", exc)
+
+
+def _read_overrides() -> dict[str, Any]:
+    """params.json as a dict; absent means no overrides, unreadable is the agent's error."""
+    import json
+
+    try:
+        with open(_path("params.json"), "rb") as fh:
+            doc = json.load(fh)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ParamsError(f"cannot read params.json ({exc}); it must be one JSON object.") from exc
+    if not isinstance(doc, dict):
+        raise ParamsError(f"params.json must be one JSON object of values, not {doc!r:.60}.")
+    return doc
+
+
+def _write_json(name: str, doc: Any, *, durable: bool = False) -> None:
+    import json
+
+    # repr() for what JSON cannot hold, e.g. a fixed parameter that is a class
+    _io.replace(_path(name), json.dumps(doc, indent=2, default=repr) + "\n", durable=durable)
+
+
+def _path(name: str) -> str:
+    assert _RUN_DIR is not None
+    return os.path.join(_RUN_DIR, name)
+
+
+def _seconds(name: str, default: float) -> float:
+    """A number of seconds >= 0 from the environment; a bad value warns and keeps the default."""
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = math.nan
+    if math.isfinite(value) and value >= 0:
+        return value
+    _io.say_once(name, f"ignoring {name}={raw!r} (not seconds >= 0); using {default:g}")
+    return default
+
+
+def _is_shim() -> bool:
+    """True in `python -m mlsm.hooks.shim`: it imports this package but is not the training."""
+    argv = getattr(sys, "orig_argv", [])
+    return "-m" in argv and argv[argv.index("-m") + 1 :][:1] == ["mlsm.hooks.shim"]
+
+
+def _configure() -> None:
+    """Read the environment once: with MLSM_RUN_DIR every hook writes there, else none does."""
+    global _RUN_DIR, _INTERVAL, _FLUSH_EVERY, _TB
+    raw = os.environ.get("MLSM_RUN_DIR", "")
+    _RUN_DIR = os.path.abspath(raw) if raw and not _is_shim() else None  # train.py may chdir
+    _INTERVAL = _seconds("MLSM_HEARTBEAT_INTERVAL", 1.0)
+    _FLUSH_EVERY = _seconds("MLSM_FLUSH_INTERVAL", 1.0)
+    _TB = os.environ.get("MLSM_TENSORBOARD") == "1"
+    _reset()
+
+
+def _reset() -> None:
+    """Fresh state for this process: a forked child must not write the rows its parent logged."""
+    global _on, _next_beat, _next_flush, _buf, _lock, _metrics, _mirror
+    _on = _RUN_DIR is not None
+    _next_beat = 0.0 if _on else math.inf  # the first beat writes at once
+    _next_flush = _monotonic() + _FLUSH_EVERY if _on else math.inf
+    _buf = []
+    _lock = RLock()  # another thread may have held the parent's at fork time
+    _metrics = _io.Appender(_path("metrics.jsonl")) if _on else None
+    _mirror = None  # a SummaryWriter's thread does not survive fork
+
+
+def _install() -> None:
+    """Stack dumps on SIGUSR1, a last flush at exit and on SIGTERM, fresh state after fork."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):
+        # no usable stderr (closed or None) leaves nowhere to dump to anyway
+        with contextlib.suppress(AttributeError, OSError, RuntimeError, ValueError):
+            faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    atexit.register(_at_exit)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_reset)
+    _catch_sigterm(signal)
+
+
+def _catch_sigterm(signal: ModuleType) -> None:
+    """Flush on SIGTERM, then die of it as before; only where nobody handles it yet."""
+    try:
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:
+        pass  # imported outside the main thread, where signals cannot be set
+
+
+def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    import signal
+
+    flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)  # the default action: the exit status still says SIGTERM
+
+
+def _at_exit() -> None:
+    flush()
+    # TensorBoard's own failure at exit must not mask the training's exit status
+    with contextlib.suppress(Exception):
+        if _mirror is not None:
+            _mirror.close()
+
+
+_configure()
+if _RUN_DIR is not None:
+    _install()
