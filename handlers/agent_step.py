@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import subprocess
@@ -89,8 +88,7 @@ class AgentRun:
         start = last_growth = self.clock()
         size = self._transcript_size()
         while not self._abandon.is_set():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout=POLL_S)
+            if procs.wait_exit(self.popen, POLL_S):
                 break
             now = self.clock()
             if (new := self._transcript_size()) != size:

@@ -1,4 +1,4 @@
-"""Watchdog handlers: turn file events in an experiment's root into engine wake-ups (never raise)."""
+"""Watchdog handlers: file events in an experiment root become engine wake-ups; never raise."""
 
 from __future__ import annotations
 

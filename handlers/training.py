@@ -1,4 +1,4 @@
-"""TRAINING's action: launch train.py through the shim, watch heartbeats and budgets, record exit."""
+"""TRAINING's action: launch train.py via the shim, watch heartbeats and budgets, record exit."""
 
 from __future__ import annotations
 
@@ -176,8 +176,7 @@ class TrainingRun:
                                self.config.output_timeout, self.config.run_timeout, self.clock)
         while not self._abandon.is_set():
             if self.popen is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.popen.wait(timeout=POLL_S)
+                procs.wait_exit(self.popen, POLL_S)
             elif self._abandon.wait(POLL_S):
                 break
             if self._exited():

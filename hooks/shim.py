@@ -1,4 +1,4 @@
-"""The training shim: waits for the daemon's go, runs the training, records its exit in exit.json."""
+"""The training shim: wait for the daemon's go, run the training, record its exit in exit.json."""
 
 from __future__ import annotations
 

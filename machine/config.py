@@ -1,4 +1,4 @@
-"""Every option of mlsm, resolved once (flag > MLSM_* env > mlsm.toml > default) into a frozen Config."""
+"""Every option of mlsm, resolved once (flag > MLSM_* env > mlsm.toml > default) into Config."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -90,10 +91,8 @@ class Daemon:
         """The root was deleted and recreated: the old inotify watch is dead."""
         old = self._watches.pop(exp, None)
         if old is not None:
-            try:
+            with contextlib.suppress(KeyError, OSError):
                 self._observer.unschedule(old)
-            except (KeyError, OSError):
-                pass
         if exp.dir.is_dir():
             self._schedule(exp)
 

@@ -33,8 +33,14 @@ from mlsm.machine.journal import make_logger
 from mlsm.machine.procs import ProcRecord
 from mlsm.machine.states import RESUMABLE, TRANSITIONS, State
 from mlsm.machine.store import (
-    StoreError, new_status, now_iso, parse_iso, read_status, remove_stray_temps,
-    write_json_atomic, write_status,
+    StoreError,
+    new_status,
+    now_iso,
+    parse_iso,
+    read_status,
+    remove_stray_temps,
+    write_json_atomic,
+    write_status,
 )
 
 RECONCILE_S = 30.0
@@ -220,9 +226,9 @@ class Experiment:
     def _handle(self, event: Event) -> None:
         if event.kind == ev.EXITED:
             self._on_exited(event)
-        elif event.kind == ev.RETRY and event.data.get("token") == self._retry_token:
-            if self.state.value == event.data.get("state") and not self._stopping:
-                self._run_action()
+        elif (event.kind == ev.RETRY and event.data.get("token") == self._retry_token
+              and self.state.value == event.data.get("state") and not self._stopping):
+            self._run_action()
 
     def _on_exited(self, event: Event) -> None:
         if self.current is None or self.current.rec is None \
@@ -340,7 +346,8 @@ class Experiment:
         if s["iteration"] >= c.max_iterations:
             return f"reached --max-iterations {c.max_iterations}"
         if s.get("failures", 0) >= c.max_failures:
-            return f"{s['failures']} consecutive iterations failed (--max-failures {c.max_failures})"
+            return (f"{s['failures']} consecutive iterations failed "
+                    f"(--max-failures {c.max_failures})")
         if c.patience and s.get("best") and s.get("since_best", 0) >= c.patience:
             return (f"no improvement of the best metric for {s['since_best']} iterations "
                     f"(--patience {c.patience})")

@@ -79,7 +79,8 @@ def _human(event: dict[str, Any]) -> str:
 
 def _timestamp(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     t = time.time()
-    event["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+    event["timestamp"] = f"{stamp}.{int(t % 1 * 1000):03d}Z"
     return event
 
 

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import os
+import select
 import signal
 import subprocess
 import time
@@ -103,6 +104,29 @@ def spawn(
         run_id=run_id, cmd=list(argv), started_at=now_iso(),
     )
     return proc, rec
+
+
+def wait_exit(popen: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait up to `timeout` for our child to exit; True when it has (and is reaped).
+
+    A pidfd wakes us the moment the child exits; Popen.wait(timeout) would poll with
+    sleeps of up to 50 ms, which adds that much to every step of an iteration.
+    """
+    if popen.poll() is not None:
+        return True
+    try:
+        fd = os.pidfd_open(popen.pid)
+    except (AttributeError, OSError):
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    return popen.poll() is not None
 
 
 def _tagged(run_id: str) -> list[psutil.Process]:

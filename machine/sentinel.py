@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable
@@ -98,8 +99,6 @@ def output_size(run_dir: Path) -> int:
     """Combined size of the training's stdout and stderr logs."""
     total = 0
     for name in ("stdout.log", "stderr.log"):
-        try:
+        with contextlib.suppress(OSError):
             total += (run_dir / name).stat().st_size
-        except OSError:
-            pass
     return total

@@ -54,7 +54,7 @@ def test_list_from_env_and_file(tmp_path: Path) -> None:
 ])
 def test_bad_file_values_name_key_and_value(tmp_path: Path, toml: str, needle: str) -> None:
     (tmp_path / "mlsm.toml").write_text(toml)
-    with pytest.raises(ConfigError, match="mlsm.toml") as info:
+    with pytest.raises(ConfigError, match=r"mlsm\.toml") as info:
         resolve(tmp_path, {}, {})
     assert needle in str(info.value)
 

@@ -11,7 +11,7 @@ import sys
 from collections import Counter
 
 import pytest
-from helpers import Experiment, gone, wait_for
+from helpers import Experiment, Mlsm, gone, wait_for
 
 from mlsm.machine import procs, store
 
@@ -125,8 +125,9 @@ def _chaos(exp: Experiment, trials: int, seed: int) -> None:
     for _ in range(trials):
         target = len(exp.events()) + rng.randint(1, 12)
         run = exp.mlsm("run", *args, **env)
-        wait_for(lambda: len(exp.events()) >= target or run.proc.poll() is not None,
-                 30, "journal progress")
+        def progressed(target: int = target, run: Mlsm = run) -> bool:
+            return len(exp.events()) >= target or run.proc.poll() is not None
+        wait_for(progressed, 30, "journal progress")
         if run.proc.poll() is not None:
             break
         run.proc.kill()  # kill -9 at a random point of the journal

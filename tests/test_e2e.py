@@ -9,28 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import Experiment, gone, wait_for
 
-TREE_TRAIN = '''\
-import os, signal, subprocess, sys, time
-from pathlib import Path
-from mlsm import hooks
-pids = Path(os.environ["MLSM_DIR"]) / "pids"
-pids.mkdir(exist_ok=True)
-SLEEP = "import time\\nwhile True: time.sleep(60)"
-IGNORE = "import signal, time\\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\\nwhile True: time.sleep(60)"
-def spawn(name, code, **kw):
-    p = subprocess.Popen([sys.executable, "-c", code], **kw)
-    (pids / name).write_text(str(p.pid))
-    return p
-spawn("child", "import subprocess,sys,time\\nsubprocess.Popen([sys.executable,'-c','import time\\\\nwhile True: time.sleep(60)'])\\ntime.sleep(3600)")
-spawn("setsid", SLEEP, start_new_session=True)
-spawn("ignores_term", IGNORE)
-# an orphan: its parent exits at once, leaving it reparented away from us
-spawn("orphan_parent", "import subprocess,sys\\nsubprocess.Popen([sys.executable,'-c','import time\\\\nwhile True: time.sleep(60)'])")
-(pids / "main").write_text(str(os.getpid()))
-while True:
-    hooks.heartbeat(0)
-    time.sleep(0.05)
-'''
+TREE_TRAIN = (Path(__file__).parent / "scripts" / "tree_train.py").read_text()
 
 
 def test_idea_to_done_over_several_iterations(exp: Experiment) -> None:
@@ -150,7 +129,8 @@ def test_stop_in_training_kills_every_process_and_reruns(exp: Experiment) -> Non
     exp.write("train.py", TREE_TRAIN)
     daemon = exp.mlsm("watch", "--max-iterations", "1")
     pids_dir = exp.path / "pids"
-    names = ("child", "setsid", "ignores_term", "orphan_parent", "main")
+    names = ("child", "grandchild", "setsid_grandchild", "setsid", "ignores_term",
+             "orphan_parent", "orphan", "main")
     wait_for(lambda: all((pids_dir / n).exists() for n in names), what="training tree")
     pids = [int((pids_dir / n).read_text()) for n in names]
     (exp.path / "STOP").touch()
@@ -174,9 +154,9 @@ def _tagged_survivors(d: Path) -> list[int]:
     out = []
     for proc in psutil.process_iter():
         try:
-            if proc.cwd().startswith(str(d)) and proc.status() != psutil.STATUS_ZOMBIE:
-                if "mlsm.machine.cli" not in " ".join(proc.cmdline()):
-                    out.append(proc.pid)
+            if (proc.cwd().startswith(str(d)) and proc.status() != psutil.STATUS_ZOMBIE
+                    and "mlsm.machine.cli" not in " ".join(proc.cmdline())):
+                out.append(proc.pid)
         except psutil.Error:
             continue
     return out

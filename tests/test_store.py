@@ -35,7 +35,7 @@ def test_disk_full_keeps_last_good_state(tmp_path: Path, monkeypatch: pytest.Mon
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "write", full)
-    with pytest.raises(store.StoreError, match="No space left on device.*retried"):
+    with pytest.raises(store.StoreError, match=r"No space left on device.*retried"):
         store.write_status(tmp_path, {**good, "iteration": 3})
     monkeypatch.undo()
     assert (tmp_path / "status.json").read_bytes() == before
