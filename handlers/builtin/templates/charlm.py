@@ -1,0 +1,89 @@
+"""Train a tiny character-level language model on a short text (written by mlsm's builtin agent)."""
+
+# The model reads a fixed window of previous characters and predicts the next one (an MLP over
+# character embeddings). The text ships with mlsm; the split is fixed, so runs are comparable.
+# The defaults are deliberately modest; mlsm tunes the parameters declared in `hooks.params`.
+
+import math
+import time
+from importlib import resources
+
+import torch
+from torch import nn
+
+from mlsm import hooks
+
+torch.set_num_threads(1)
+
+cfg = hooks.params(
+    lr=hooks.loguniform(1e-4, 3e-2, default=3e-4),
+    context=hooks.choice([4, 8, 12, 16], default=4),
+    embed=hooks.choice([8, 16, 32], default=8),
+    hidden=hooks.choice([64, 128, 256], default=64),
+    batch_size=hooks.choice([64, 128, 256], default=64),
+    steps=800,
+    seed=0,
+)
+
+
+def load_text() -> str:
+    return (resources.files("mlsm.handlers.builtin") / "data" / "harbour.txt").read_text("utf-8")
+
+
+def windows(ids: torch.Tensor, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (previous `context` characters, next character) pair of the sequence."""
+    x = ids.unfold(0, context, 1)[:-1]
+    return x, ids[context:]
+
+
+class CharMLP(nn.Module):
+    def __init__(self, vocab: int, context: int, embed: int, hidden: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        self.net = nn.Sequential(nn.Linear(context * embed, hidden), nn.Tanh(),
+                                 nn.Linear(hidden, vocab))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.net(self.embed(x).flatten(1))
+        return logits
+
+
+def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return nn.functional.cross_entropy(net(x), y).item()
+
+
+def main() -> None:
+    torch.manual_seed(cfg.seed)
+    text = load_text()
+    vocab = sorted(set(text))
+    ids = torch.tensor([vocab.index(c) for c in text], dtype=torch.long)
+    split = int(len(ids) * 0.9)
+    x_train, y_train = windows(ids[:split], cfg.context)
+    x_val, y_val = windows(ids[split:], cfg.context)
+    net = CharMLP(len(vocab), cfg.context, cfg.embed, cfg.hidden)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    start = time.time()
+    for step in range(1, cfg.steps + 1):
+        idx = torch.randint(0, len(x_train), (cfg.batch_size,))
+        loss = nn.functional.cross_entropy(net(x_train[idx]), y_train[idx])
+        opt.zero_grad()
+        torch.autograd.backward(loss)
+        opt.step()
+        hooks.heartbeat(step)
+        if step % 100 == 0 or step == cfg.steps:
+            val_loss = evaluate(net, x_val, y_val)
+            hooks.log(step=step, total_steps=cfg.steps, loss=loss.item(), val_loss=val_loss,
+                      val_bpc=val_loss / math.log(2))
+            print(f"step {step} | loss {loss.item():.4f} | val_loss {val_loss:.4f}", flush=True)
+        else:
+            hooks.log(step=step, total_steps=cfg.steps, loss=loss.item())
+    val_loss = evaluate(net, x_val, y_val)
+    val_bpc = val_loss / math.log(2)
+    print(f"final | val_loss {val_loss:.4f} | val_bpc {val_bpc:.3f}"
+          f" | {time.time() - start:.1f}s", flush=True)
+    hooks.result(val_loss=val_loss, val_bpc=val_bpc, goal="minimize")
+
+
+if __name__ == "__main__":
+    main()

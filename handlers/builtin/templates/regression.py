@@ -1,0 +1,81 @@
+"""Fit a smooth function of five inputs with a small MLP (written by mlsm's builtin agent)."""
+
+# The data is generated with a fixed seed, so every run sees the same train and validation sets.
+# The defaults are deliberately modest; mlsm tunes the parameters declared in `hooks.params`.
+
+import time
+
+import torch
+from torch import nn
+
+from mlsm import hooks
+
+torch.set_num_threads(1)
+
+cfg = hooks.params(
+    lr=hooks.loguniform(1e-4, 1e-1, default=3e-4),
+    hidden=hooks.choice([16, 32, 64, 128], default=16),
+    layers=hooks.intrange(1, 3, default=1),
+    weight_decay=hooks.loguniform(1e-6, 1e-2, default=1e-4),
+    batch_size=hooks.choice([32, 64, 128], default=64),
+    steps=600,
+    seed=0,
+)
+
+
+def target(x: torch.Tensor) -> torch.Tensor:
+    """The function to learn: smooth, nonlinear, with an interaction term."""
+    return (torch.sin(2.0 * x[:, 0]) + 0.5 * x[:, 1] ** 2 - x[:, 2] * x[:, 3]
+            + 0.3 * torch.cos(3.0 * x[:, 4]))
+
+
+def dataset(n: int, noise: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.rand(n, 5, generator=gen) * 4.0 - 2.0
+    y = target(x) + noise * torch.randn(n, generator=gen)
+    return x, y.unsqueeze(1)
+
+
+def model(hidden: int, layers: int) -> nn.Module:
+    blocks: list[nn.Module] = []
+    width = 5
+    for _ in range(layers):
+        blocks += [nn.Linear(width, hidden), nn.SiLU()]
+        width = hidden
+    return nn.Sequential(*blocks, nn.Linear(width, 1))
+
+
+def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return nn.functional.mse_loss(net(x), y).item()
+
+
+def main() -> None:
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(4321)  # the data never changes between runs
+    x_train, y_train = dataset(2000, 0.1, gen)
+    x_val, y_val = dataset(500, 0.1, gen)
+    net = model(cfg.hidden, cfg.layers)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = time.time()
+    for step in range(1, cfg.steps + 1):
+        idx = torch.randint(0, len(x_train), (cfg.batch_size,))
+        loss = nn.functional.mse_loss(net(x_train[idx]), y_train[idx])
+        opt.zero_grad()
+        torch.autograd.backward(loss)
+        opt.step()
+        hooks.heartbeat(step)
+        if step % 50 == 0 or step == cfg.steps:
+            val_loss = evaluate(net, x_val, y_val)
+            hooks.log(step=step, total_steps=cfg.steps, loss=loss.item(), val_loss=val_loss)
+            print(f"step {step} | loss {loss.item():.4f} | val_loss {val_loss:.4f}", flush=True)
+        else:
+            hooks.log(step=step, total_steps=cfg.steps, loss=loss.item())
+    val_loss = evaluate(net, x_val, y_val)
+    val_rmse = val_loss ** 0.5
+    print(f"final | val_loss {val_loss:.4f} | val_rmse {val_rmse:.4f}"
+          f" | {time.time() - start:.1f}s", flush=True)
+    hooks.result(val_loss=val_loss, val_rmse=val_rmse, goal="minimize")
+
+
+if __name__ == "__main__":
+    main()
