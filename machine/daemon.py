@@ -124,10 +124,10 @@ class Daemon:
         return ExitCode.RUN_FAILED if failed else ExitCode.OK
 
     def close(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
+        """Shut every experiment down (children killed, state persisted), then the observer."""
         for exp in self.experiments:
-            if exp._threads:
+            if exp.started:
                 exp.shutdown()
         if self._observer is not None:
+            self._observer.stop()
             self._observer.join(timeout=5)

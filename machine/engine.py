@@ -187,6 +187,10 @@ class Experiment:
             thread.join(timeout)
 
     @property
+    def started(self) -> bool:
+        return bool(self._threads)
+
+    @property
     def state(self) -> State:
         return State(self.model.state)
 
