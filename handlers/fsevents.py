@@ -49,3 +49,21 @@ def _name(path: str | bytes) -> str:
 
 def _same(a: str | bytes, b: str) -> bool:
     return os.path.normpath(os.fsdecode(a)) == os.path.normpath(b)
+
+
+class DiscoveryHandler(FileSystemEventHandler):
+    """On a discovery root or a candidate subdirectory: any change asks the daemon to rescan."""
+
+    def __init__(self, rescan: Callable[[], None], log: Any) -> None:
+        self.rescan = rescan
+        self.log = log
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            if event.event_type in IGNORED_TYPES:
+                return
+            if event.is_directory or _name(event.src_path) == "IDEA.md" \
+                    or _name(getattr(event, "dest_path", "") or "") == "IDEA.md":
+                self.rescan()
+        except Exception as exc:  # an exception here would kill the observer thread
+            self.log.exception("fs_handler_error", error=repr(exc))

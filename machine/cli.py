@@ -56,10 +56,11 @@ def cli() -> None:
     """
 
 
-def _daemon(dirs: tuple[Path, ...], kwargs: dict[str, Any], until_finished: bool) -> None:
+def _daemon(dirs: tuple[Path, ...], kwargs: dict[str, Any], until_finished: bool,
+            discover: bool = False) -> None:
     from mlsm.machine.daemon import Daemon
 
-    daemon = Daemon(list(dirs), _flags(kwargs))
+    daemon = Daemon(list(dirs), _flags(kwargs), discover=discover)
     try:
         daemon.open()
     except MlsmError as exc:
@@ -70,10 +71,13 @@ def _daemon(dirs: tuple[Path, ...], kwargs: dict[str, Any], until_finished: bool
 
 @cli.command()
 @click.argument("dirs", nargs=-1, required=True, type=DIR_ARG)
+@click.option("--discover", is_flag=True,
+              help="DIRS are folders of experiments: every subdirectory that has or gains an "
+                   "IDEA.md becomes an experiment with its own machine, lock and logs.")
 @config_options
-def watch(dirs: tuple[Path, ...], **kwargs: Any) -> None:
+def watch(dirs: tuple[Path, ...], discover: bool, **kwargs: Any) -> None:
     """Watch experiment DIRS: IDEA.md starts a run, STOP halts it; keeps watching after DONE."""
-    _daemon(dirs, kwargs, until_finished=False)
+    _daemon(dirs, kwargs, until_finished=False, discover=discover)
 
 
 @cli.command()

@@ -1,25 +1,28 @@
-"""The daemon: experiments, one file observer, signal handling that only enqueues."""
+"""The daemon: experiments, one file observer, discovery, and signal handlers that only enqueue."""
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
 import psutil
 
-from mlsm.handlers.fsevents import ExperimentHandler
-from mlsm.machine.config import Config, resolve
+from mlsm.handlers.fsevents import DiscoveryHandler, ExperimentHandler
+from mlsm.machine.config import resolve
 from mlsm.machine.engine import Experiment
-from mlsm.machine.errors import ExitCode, InputError
+from mlsm.machine.errors import ExitCode, InputError, MlsmError
+from mlsm.machine.journal import make_logger
+from mlsm.machine.slots import TrainingSlots
 from mlsm.machine.states import State
 
 NETWORK_FS = ("nfs", "nfs4", "cifs", "smbfs", "smb3", "fuse.sshfs", "sshfs", "9p", "fuse.rclone")
+RESCAN_S = 30.0
 
 
 def is_network_fs(path: Path) -> bool:
@@ -35,40 +38,90 @@ def is_network_fs(path: Path) -> bool:
 
 
 class Daemon:
-    """Runs one engine per experiment directory and a shared observer until told to stop."""
+    """Runs one engine per experiment and a shared observer until a signal (or the runs end)."""
 
     def __init__(self, dirs: list[Path], flags: Mapping[str, Any],
-                 console: IO[str] | None = sys.stderr) -> None:
+                 console: IO[str] | None = sys.stderr, discover: bool = False) -> None:
         self.dirs = [d.resolve() for d in dirs]
-        self.flags = flags
+        self.flags = dict(flags)
         self.console = console
+        self.discover = discover
         self.experiments: list[Experiment] = []
+        self._known: set[Path] = set()
+        self._tasks: collections.deque[Callable[[], None]] = collections.deque()
         self._wake = threading.Event()
         self._signal: int | None = None
         self._observer: Any = None
-        self._watches: dict[Experiment, Any] = {}
+        self._watches: dict[Any, Any] = {}
+        limit = int(self.flags.get("max_parallel") or 0)
+        self.slots = TrainingSlots(limit) if limit else None
+        self.log: Any = None
 
+    # ----- experiments -----------------------------------------------------------------
     def open(self) -> None:
         """Resolve config, lock and read every experiment; any problem is one MlsmError."""
         for d in self.dirs:
             if not d.is_dir():
                 raise InputError(f"{d} is not a directory: create it and put IDEA.md in it")
-            config = resolve(d, self.flags)
-            exp = Experiment(d, config, console=self.console,
-                             on_root_replaced=self._reschedule, on_finished=self._wake.set)
-            if config.agent == "command":
-                config.agent_argv()
-            exp.backend().preflight(config)
-            exp.open()
-            self.experiments.append(exp)
+        if self.discover:
+            self.log, _ = make_logger(self.dirs[0] / ".mlsm", "discover", self.console)
+            return
+        for d in self.dirs:
+            self.experiments.append(self._open_experiment(d))
 
-    def _config_poll(self) -> tuple[bool, float]:
-        configs: list[Config] = [e.config for e in self.experiments]
+    def _open_experiment(self, d: Path) -> Experiment:
+        config = resolve(d, self.flags)
+        exp = Experiment(d, config, console=self.console, on_root_replaced=self._reschedule,
+                         on_finished=self._wake.set, slots=self.slots)
+        if config.agent == "command":
+            config.agent_argv()
+        exp.backend().preflight(config)
+        exp.open()
+        self._known.add(d)
+        return exp
+
+    def _adopt(self, d: Path) -> None:
+        """Discovery found an IDEA.md in `d`: make it an experiment (errors are logged)."""
+        if d in self._known or self._signal is not None:
+            return
+        try:
+            exp = self._open_experiment(d)
+        except MlsmError as exc:
+            self._known.add(d)
+            self.log.error("experiment_refused", path=str(d), error=str(exc))
+            return
+        self._unwatch(d)
+        self.experiments.append(exp)
+        self._schedule(exp)
+        exp.start()
+        self.log.info("experiment_discovered", path=str(d))
+
+    def _scan(self) -> None:
+        """Adopt every subdirectory of a discovery root with an IDEA.md; watch the others."""
+        for root in self.dirs:
+            try:
+                subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+            except OSError:
+                continue
+            for d in subdirs:
+                if d in self._known:
+                    continue
+                if (d / "IDEA.md").exists():
+                    self._adopt(d)
+                elif d not in self._watches:
+                    self._watch_candidate(d)
+
+    # ----- observer --------------------------------------------------------------------
+    def _use_polling(self) -> tuple[bool, float]:
+        if self.discover:
+            cfg = resolve(None, self.flags)
+            return cfg.poll or any(is_network_fs(d) for d in self.dirs), cfg.poll_interval
+        configs = [e.config for e in self.experiments]
         poll = any(c.poll for c in configs) or any(is_network_fs(e.dir) for e in self.experiments)
         return poll, min((c.poll_interval for c in configs), default=1.0)
 
     def _start_observer(self) -> None:
-        poll, interval = self._config_poll()
+        poll, interval = self._use_polling()
         if poll:
             from watchdog.observers.polling import PollingObserver
 
@@ -79,6 +132,10 @@ class Daemon:
             self._observer = Observer()
         for exp in self.experiments:
             self._schedule(exp)
+        if self.discover:
+            for root in self.dirs:
+                self._observer.schedule(DiscoveryHandler(self._enqueue_scan, self.log),
+                                        str(root), recursive=False)
         self._observer.start()
         for exp in self.experiments:
             exp.log.info("watching", path=str(exp.dir), observer="polling" if poll else "inotify")
@@ -87,14 +144,31 @@ class Daemon:
         handler = ExperimentHandler(str(exp.dir), exp.wake, exp.request_stop, exp.log)
         self._watches[exp] = self._observer.schedule(handler, str(exp.dir), recursive=False)
 
+    def _watch_candidate(self, d: Path) -> None:
+        try:
+            self._watches[d] = self._observer.schedule(
+                DiscoveryHandler(self._enqueue_scan, self.log), str(d), recursive=False)
+        except OSError:
+            pass  # it vanished already; the next scan sees
+
+    def _unwatch(self, key: Any) -> None:
+        old = self._watches.pop(key, None)
+        if old is not None:
+            try:
+                self._observer.unschedule(old)
+            except (KeyError, OSError):
+                pass
+
     def _reschedule(self, exp: Experiment) -> None:
         """The root was deleted and recreated: the old inotify watch is dead."""
-        old = self._watches.pop(exp, None)
-        if old is not None:
-            with contextlib.suppress(KeyError, OSError):
-                self._observer.unschedule(old)
+        self._unwatch(exp)
         if exp.dir.is_dir():
             self._schedule(exp)
+
+    # ----- the main loop ---------------------------------------------------------------
+    def _enqueue_scan(self) -> None:
+        self._tasks.append(self._scan)
+        self._wake.set()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signal = signum  # only record and wake: the main thread does the work
@@ -107,13 +181,9 @@ class Daemon:
             self._start_observer()
             for exp in self.experiments:
                 exp.start()
-            while True:
-                if until_finished and all(e.finished.is_set() for e in self.experiments):
-                    break
-                self._wake.wait()
-                self._wake.clear()
-                if self._signal is not None:
-                    break
+            if self.discover:
+                self._scan()
+            self._loop(until_finished)
         finally:
             self.close()
             for s, h in previous.items():
@@ -122,6 +192,16 @@ class Daemon:
             return ExitCode.INTERRUPTED
         failed = any(e.state == State.FAILED for e in self.experiments)
         return ExitCode.RUN_FAILED if failed else ExitCode.OK
+
+    def _loop(self, until_finished: bool) -> None:
+        while self._signal is None:
+            if until_finished and all(e.finished.is_set() for e in self.experiments):
+                return
+            if not self._wake.wait(RESCAN_S if self.discover else None) and self.discover:
+                self._tasks.append(self._scan)  # periodic rescan: events are only hints
+            self._wake.clear()
+            while self._tasks and self._signal is None:
+                self._tasks.popleft()()
 
     def close(self) -> None:
         """Shut every experiment down (children killed, state persisted), then the observer."""

@@ -22,6 +22,7 @@ from mlsm.handlers.agent_step import AgentRun, prepare_step
 from mlsm.handlers.agents import get_backend
 from mlsm.handlers.agents.base import AgentBackend, AgentOutcome, Role, check_product, read_decision
 from mlsm.handlers.inputs import file_signature, read_text_file
+from mlsm.handlers.lifecycle import run_hooks
 from mlsm.handlers.prompting import history_markdown
 from mlsm.handlers.training import TrainingRun, read_exit, write_kill_note
 from mlsm.machine import events as ev
@@ -31,6 +32,7 @@ from mlsm.machine.errors import LockedError
 from mlsm.machine.events import Event
 from mlsm.machine.journal import make_logger
 from mlsm.machine.procs import ProcRecord
+from mlsm.machine.slots import TrainingSlots
 from mlsm.machine.states import RESUMABLE, TRANSITIONS, State
 from mlsm.machine.store import (
     StoreError,
@@ -93,7 +95,8 @@ class Experiment:
                  wall: Callable[[], float] = time.time,
                  backend: AgentBackend | None = None,
                  on_root_replaced: Callable[[Experiment], None] | None = None,
-                 on_finished: Callable[[], None] | None = None) -> None:
+                 on_finished: Callable[[], None] | None = None,
+                 slots: TrainingSlots | None = None) -> None:
         self.dir = exp_dir.resolve()
         self.config = config
         self.clock, self.wall = clock, wall
@@ -103,6 +106,7 @@ class Experiment:
         self.current: AgentRun | TrainingRun | None = None
         self.on_root_replaced = on_root_replaced
         self.on_finished = on_finished
+        self.slots = slots
         self._console = console
         self._backend = backend
         self._kill_request = threading.Event()
@@ -115,6 +119,7 @@ class Experiment:
         self._lock_fh: IO[str] | None = None
         self._root_ino: int | None = None
         self._threads: list[threading.Thread] = []
+        self._hook_threads: list[threading.Thread] = []
         self.log: Any = None
         self.machine: Machine | None = None
         self.model = _Model(self)
@@ -136,7 +141,7 @@ class Experiment:
             model=self.model, states=self._state_defs(), transitions=TRANSITIONS,
             initial=self.status["state"], auto_transitions=False, queued=True,
             send_event=True, before_state_change=self._before_change,
-            finalize_event=self._finalize,
+            after_state_change=self._after_change, finalize_event=self._finalize,
         )
         self._root_ino = self._ino()
 
@@ -272,6 +277,8 @@ class Experiment:
             return
         if state == State.IDLE and not stop_present:
             self._maybe_start()
+        elif state == State.CODING and self.status.get("waiting_for") and self.current is None:
+            self._to_training()
         elif state in (State.PLANNING, State.CODING, State.TRAINING):
             self._check_wall_budget(state)
 
@@ -378,6 +385,8 @@ class Experiment:
         if dest != src:
             self.status["step_attempt"] = 0
         # The iteration moves with the transition itself, so one persist records both.
+        if src == State.TRAINING and dest != src and self.slots is not None:
+            self.slots.release(self)
         if event.event.name == "planned":
             self.status["iteration"] = 1  # iteration 1 is the first CODING → TRAINING → ANALYZING
         elif event.event.name == "iterate":
@@ -387,6 +396,13 @@ class Experiment:
             self.status["agent"] = self.status["training"] = None
         self.log.info("transition", trigger=event.event.name, src=src, dest=dest,
                       iteration=self.status["iteration"])
+
+    def _after_change(self, event: Any) -> None:
+        dest = event.transition.dest
+        self._hook_threads = [t for t in self._hook_threads if t.is_alive()]
+        self._hook_threads += run_hooks(self.dir, dest, event.transition.source,
+                                        self.status["iteration"], self.config.hook_timeout,
+                                        self.config.grace, self.log)
 
     def _finalize(self, event: Any) -> None:
         self._persist()
@@ -431,7 +447,7 @@ class Experiment:
     def _enter_coding(self, event: Any) -> None:
         if self.status["iteration"] == 1 and check_product("code", self.dir / "train.py") is None:
             self.log.info("train_given", detail="train.py runs unchanged as the baseline")
-            self.model.coded()
+            self._to_training()
             return
         self._start_agent("code")
 
@@ -497,7 +513,7 @@ class Experiment:
         elif role == "plan":
             self.model.planned()
         elif role == "code":
-            self.model.coded()
+            self._to_training()
         elif role == "analyze":
             self._decide()
         else:
@@ -543,6 +559,19 @@ class Experiment:
         self.model.iterate()
 
     # ----- training --------------------------------------------------------------------
+    def _to_training(self) -> None:
+        """CODING is done: train now, or wait in CODING for a slot (--max-parallel)."""
+        if self.slots is not None and not self.slots.try_acquire(self, self.wake):
+            if not self.status.get("waiting_for"):
+                self.status["waiting_for"] = (
+                    f"a training slot: {self.slots.in_use} of --max-parallel "
+                    f"{self.slots.limit} experiments are training")
+                self.log.info("waiting_for_slot", detail=self.status["waiting_for"])
+                self._persist()
+            return
+        self.status["waiting_for"] = None
+        self.model.coded()
+
     def _enter_training(self, event: Any) -> None:
         if self._stopping:
             return
@@ -689,6 +718,8 @@ class Experiment:
         rec = ProcRecord.from_json(doc)
         if not doc.get("interrupted") and procs.same_process(rec):
             self.log.info("training_reattached", pid=rec.pid, iteration=self.status["iteration"])
+            if self.slots is not None:
+                self.slots.force(self)
             self.current = run
             run.attach(rec, parse_iso(rec.started_at))
             return
@@ -715,6 +746,8 @@ class Experiment:
         self._kill_all("shutdown", "the daemon is shutting down")
         self.status["daemon_pid"] = None
         self._persist()
+        for thread in self._hook_threads:  # let an on-done notification finish (time-limited)
+            thread.join(self.config.hook_timeout + self.config.grace + 1)
         self.log.info("daemon_stopped", state=self.state.value)
         self._sink.close()
         if self._lock_fh is not None:

@@ -106,7 +106,7 @@ def spawn(
     return proc, rec
 
 
-def wait_exit(popen: subprocess.Popen[bytes], timeout: float) -> bool:
+def wait_exit(popen: subprocess.Popen[bytes], timeout: float | None) -> bool:
     """Wait up to `timeout` for our child to exit; True when it has (and is reaped).
 
     A pidfd wakes us the moment the child exits; Popen.wait(timeout) would poll with

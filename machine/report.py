@@ -62,6 +62,7 @@ def snapshot(exp_dir: Path, now: float | None = None) -> dict[str, Any]:
         "stop_reason": status.get("stop_reason"), "error": status.get("error"),
         "agent": _proc(status.get("agent")), "training": _proc(status.get("training")),
         "daemon_pid": status.get("daemon_pid"), "stop_file": (exp_dir / "STOP").exists(),
+        "waiting_for": status.get("waiting_for"),
     }
     entered = parse_iso(status.get("entered_at"))
     doc["time_in_state_s"] = None if entered is None else round(now - entered, 1)

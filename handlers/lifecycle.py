@@ -1,0 +1,72 @@
+"""The person's lifecycle hooks: `.mlsm/hooks/on-<state>` or `[hooks]` in mlsm.toml, never fatal."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import threading
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from mlsm.machine import procs
+
+
+def hook_commands(exp_dir: Path, state: str) -> list[list[str]]:
+    """The commands to run on entering `state`: the executable first, then the toml entry."""
+    out: list[list[str]] = []
+    exe = exp_dir / ".mlsm" / "hooks" / f"on-{state}"
+    if exe.is_file() and os.access(exe, os.X_OK):
+        out.append([str(exe)])
+    table = _toml_hooks(exp_dir)
+    cmd = table.get(f"on-{state}") or table.get(f"on_{state}")
+    if isinstance(cmd, str) and cmd.strip():
+        out.append(shlex.split(cmd))
+    return out
+
+
+def _toml_hooks(exp_dir: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads((exp_dir / "mlsm.toml").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # config errors are reported by config resolution, not here
+    table = data.get("hooks")
+    return table if isinstance(table, dict) else {}
+
+
+def run_hooks(exp_dir: Path, state: str, previous: str | None, iteration: int,
+              timeout: float, grace: float, log: Any) -> list[threading.Thread]:
+    """Start each hook in its own session and a thread that times it out; returns the threads."""
+    threads = []
+    for argv in hook_commands(exp_dir, state):
+        thread = threading.Thread(
+            target=_run_one, args=(exp_dir, argv, state, previous, iteration, timeout, grace,
+                                   log), name=f"hook-{state}", daemon=True)
+        thread.start()
+        threads.append(thread)
+    return threads
+
+
+def _run_one(exp_dir: Path, argv: list[str], state: str, previous: str | None,
+             iteration: int, timeout: float, grace: float, log: Any) -> None:
+    env = {**os.environ, "MLSM_STATE": state, "MLSM_PREVIOUS_STATE": previous or "",
+           "MLSM_DIR": str(exp_dir), "MLSM_ITERATION": str(iteration)}
+    out_path = exp_dir / "logs" / "hooks.log"
+    try:
+        with out_path.open("ab") as out:
+            proc, rec = procs.spawn(argv, exp_dir, env, out)
+    except OSError as exc:
+        log.error("hook_failed", hook=argv[0], state=state, error=exc.strerror or str(exc))
+        return
+    if not procs.wait_exit(proc, timeout or None):
+        procs.kill_tree(rec, grace)
+        with contextlib.suppress(Exception):
+            proc.wait(1)
+        log.error("hook_timeout", hook=argv[0], state=state, timeout_s=timeout)
+        return
+    if proc.returncode != 0:
+        log.error("hook_failed", hook=argv[0], state=state, returncode=proc.returncode,
+                  output=str(out_path))
+    else:
+        log.info("hook_ran", hook=argv[0], state=state)
