@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import signal
 import sys
 import threading
@@ -145,19 +146,15 @@ class Daemon:
         self._watches[exp] = self._observer.schedule(handler, str(exp.dir), recursive=False)
 
     def _watch_candidate(self, d: Path) -> None:
-        try:
+        with contextlib.suppress(OSError):  # it vanished already; the next scan sees
             self._watches[d] = self._observer.schedule(
                 DiscoveryHandler(self._enqueue_scan, self.log), str(d), recursive=False)
-        except OSError:
-            pass  # it vanished already; the next scan sees
 
     def _unwatch(self, key: Any) -> None:
         old = self._watches.pop(key, None)
         if old is not None:
-            try:
+            with contextlib.suppress(KeyError, OSError):
                 self._observer.unschedule(old)
-            except (KeyError, OSError):
-                pass
 
     def _reschedule(self, exp: Experiment) -> None:
         """The root was deleted and recreated: the old inotify watch is dead."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import math
 import os
@@ -212,7 +213,7 @@ class Experiment:
             if event.kind == ev.SHUTDOWN:
                 self._guard(self._shutdown)
                 return
-            self._guard(lambda e=event: self._handle(e))
+            self._guard(functools.partial(self._handle, event))
             self._guard(self._reconcile)
 
     def _guard(self, fn: Callable[[], None]) -> None:

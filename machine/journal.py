@@ -6,6 +6,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -77,14 +78,14 @@ def _human(event: dict[str, Any]) -> str:
            f"{event.get('event', '')} {rest}".rstrip()
 
 
-def _timestamp(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     t = time.time()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
     event["timestamp"] = f"{stamp}.{int(t % 1 * 1000):03d}Z"
     return event
 
 
-def _finalise(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _finalise(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     return event
 
 

@@ -77,5 +77,5 @@ def mermaid() -> str:
         initial=State.IDLE.value, auto_transitions=False, graph_engine="mermaid",
         title="mlsm", show_conditions=False,
     )
-    text: str = model.get_graph().draw(None)  # type: ignore[attr-defined]  # added by GraphMachine
+    text: str = model.get_graph().draw(None)  # get_graph is added by GraphMachine
     return text
