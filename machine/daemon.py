@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import signal
 import sys
 import threading
@@ -36,6 +37,21 @@ def is_network_fs(path: Path) -> bool:
                 best is None or len(mount) > len(best.mountpoint)):
             best = part
     return best is not None and best.fstype in NETWORK_FS
+
+
+class OverflowHandler(logging.Handler):
+    """watchdog logs an inotify queue overflow: events were lost, so every engine reconciles."""
+
+    def __init__(self, experiments: Callable[[], list[Experiment]]) -> None:
+        super().__init__(logging.WARNING)
+        self.experiments = experiments
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" not in record.getMessage().lower():
+            return
+        for exp in self.experiments():
+            exp.log.warning("inotify_overflow", detail="events were lost; reconciling")
+            exp.wake()
 
 
 class Daemon:
@@ -137,6 +153,8 @@ class Daemon:
             for root in self.dirs:
                 self._observer.schedule(DiscoveryHandler(self._enqueue_scan, self.log),
                                         str(root), recursive=False)
+        self._overflow = OverflowHandler(lambda: list(self.experiments))
+        logging.getLogger("watchdog.observers").addHandler(self._overflow)
         self._observer.start()
         for exp in self.experiments:
             exp.log.info("watching", path=str(exp.dir), observer="polling" if poll else "inotify")
@@ -208,3 +226,4 @@ class Daemon:
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
+            logging.getLogger("watchdog.observers").removeHandler(self._overflow)

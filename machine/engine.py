@@ -205,7 +205,8 @@ class Experiment:
         self._guard(self._restore)
         self._guard(self._reconcile)
         while True:
-            timeout = DIRTY_RETRY_S if self._dirty else min(RECONCILE_S, self._budget_left_s())
+            timeout = DIRTY_RETRY_S if self._dirty or self._root_ino is None \
+                else min(RECONCILE_S, self._budget_left_s())
             try:
                 event = self.queue.get(timeout=timeout)
             except queue.Empty:
@@ -254,7 +255,8 @@ class Experiment:
 
     # ----- reconcile: the filesystem is the truth --------------------------------------
     def _reconcile(self) -> None:
-        self._check_root()
+        if not self._check_root():
+            return
         if self._dirty:
             self._persist()
         state = self.state
@@ -309,15 +311,36 @@ class Experiment:
             level = "info" if event.startswith("waiting") else "error"
             getattr(self.log, level)(event, **kw)
 
-    def _check_root(self) -> None:
+    def _check_root(self) -> bool:
+        """False while the directory is gone; a recreated directory is adopted afresh."""
         ino = self._ino()
         if ino is None:
             self._log_once("root", None, "root_missing", path=str(self.dir))
-        elif ino != self._root_ino:
+            self._root_ino = None  # poll for its return on a short timeout
+            return False
+        if ino != self._root_ino:
             self._root_ino = ino
-            self.log.warning("root_replaced", path=str(self.dir))
+            self._seen_problems.pop("root", None)
+            self._adopt_new_root()
             if self.on_root_replaced:
                 self.on_root_replaced(self)
+        return True
+
+    def _adopt_new_root(self) -> None:
+        """The directory was deleted and recreated: its old run is gone; start from its files."""
+        self._kill_all("stopped", "the experiment directory was replaced")
+        self._sink.close()  # reopens lazily, in the new logs/
+        if self._lock_fh is not None:
+            self._lock_fh.close()
+        self._lock_fh = acquire_lock(self.dir)
+        self.status = read_status(self.dir) or new_status(self.config.max_iterations)
+        self.status["daemon_pid"] = os.getpid()
+        assert self.machine is not None
+        self.machine.set_state(self.status["state"])
+        self._stopping = False
+        self._write_config()
+        self.log.warning("root_replaced", path=str(self.dir), state=self.status["state"])
+        self._restore()
 
     def _ino(self) -> int | None:
         try:

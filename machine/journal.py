@@ -32,7 +32,7 @@ class ExperimentSink:
 
     def _open(self) -> tuple[IO[str], IO[str]]:
         if self._files is None:
-            self.logs_dir.mkdir(parents=True, exist_ok=True)
+            self.logs_dir.mkdir(exist_ok=True)  # never recreate a deleted experiment root
             self._files = (
                 (self.logs_dir / "events.jsonl").open("a", encoding="utf-8", buffering=1),
                 (self.logs_dir / "runner.log").open("a", encoding="utf-8", buffering=1),

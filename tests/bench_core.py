@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import datetime as dt
 import functools
@@ -284,6 +285,29 @@ def reap(under: Path) -> int:
     return killed
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Adopt our descendants' orphans: this sandbox's pid 1 leaves them as zombies for long,
+    which would grow /proc (and every scan of it) trial after trial, as no real init does."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+
+
+def reap_orphans(ctx: Ctx) -> None:
+    """Reap adopted zombies (never a daemon we started: its Popen must see its status)."""
+    mine = {p.pid for p in ctx.daemons}
+    for proc in psutil.Process().children():
+        with contextlib.suppress(psutil.Error, ChildProcessError):
+            if proc.pid not in mine and proc.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(proc.pid, os.WNOHANG)
+
+
+def proc_count() -> int:
+    return sum(1 for name in os.listdir("/proc") if name.isdigit())
+
+
 @contextlib.contextmanager
 def context(sizes: Sizes) -> Iterator[Ctx]:
     root = Path(tempfile.mkdtemp(prefix="mlsm-bench-core-"))
@@ -362,7 +386,7 @@ def tree_ready(d: Path) -> tuple[list[int], int] | None:
     return (pids, shim) if all(map(running, pids)) else None
 
 
-def stop_trial(d: Path) -> tuple[float, float, float]:
+def stop_trial(ctx: Ctx, d: Path) -> tuple[float, float, float]:
     """ms from `touch STOP` until the 17 are gone, the shim too, status.json says stopped."""
     pids, shim = wait_for(lambda: tree_ready(d), 30, "the 17-process tree")
     marks: dict[str, float] = {}
@@ -380,6 +404,7 @@ def stop_trial(d: Path) -> tuple[float, float, float]:
         time.sleep(0.001)
     (d / "pids.txt").unlink()
     (d / "STOP").unlink()
+    reap_orphans(ctx)
 
     def elapsed(key: str) -> float:  # a mark never reached reads as the whole deadline
         return (marks.get(key, deadline) - t0) * 1000
@@ -391,7 +416,7 @@ def bench_stop(ctx: Ctx) -> list[Row]:
     d = ctx.exp("stop", {"IDEA.md": "x\n", "PLAN.md": "# plan\n", "train.py": TREE17_TRAIN})
     daemon = ctx.mlsm("watch", [d], "--agent", "command", "--agent-cmd", "/bin/true",
                       "--grace", "2")
-    trials = [stop_trial(d) for _ in range(ctx.sizes.stop)]
+    trials = [stop_trial(ctx, d) for _ in range(ctx.sizes.stop)]
     terminate(daemon)
     tree, shim, stopped = (list(col) for col in zip(*trials, strict=True))
     n = str(len(tree))
@@ -404,9 +429,23 @@ def bench_stop(ctx: Ctx) -> list[Row]:
 
 
 # ----- 3. orchestration overhead of one iteration ---------------------------------------
-def coding_entries(d: Path) -> list[float]:
+def entries(d: Path, dest: str) -> list[float]:
+    """When the run entered `dest`, each time, from the journal."""
     return [epoch(e["timestamp"]) for e in events(d)
-            if e.get("event") == "transition" and e.get("dest") == "coding"]
+            if e.get("event") == "transition" and e.get("dest") == dest]
+
+
+def state_times(d: Path) -> dict[str, list[float]]:
+    """ms per iteration: the whole iteration and the time spent in each of its states."""
+    coding, training, analyzing = (entries(d, s) for s in ("coding", "training", "analyzing"))
+    out: dict[str, list[float]] = {"iteration": [], "coding": [], "training": [],
+                                   "analyzing": []}
+    for i, (a, b) in enumerate(itertools.pairwise(coding)):
+        out["iteration"].append((b - a) * 1000)
+        out["coding"].append((training[i] - a) * 1000)
+        out["training"].append((analyzing[i] - training[i]) * 1000)
+        out["analyzing"].append((b - analyzing[i]) * 1000)
+    return out
 
 
 def standalone(ctx: Ctx, reps: int) -> dict[str, list[float]]:
@@ -432,13 +471,12 @@ def bench_iteration(ctx: Ctx) -> list[Row]:
     code = proc.wait(30 + 3 * n)
     if code != 0 or status(d).get("state") != "done":
         raise RuntimeError(f"mlsm run exited {code} in state {status(d).get('state')}")
-    entries = coding_entries(d)
-    iters = [(b - a) * 1000 for a, b in itertools.pairwise(entries)]
-    alone = standalone(ctx, n)
-    return iteration_rows(iters, alone)
+    times = state_times(d)
+    return iteration_rows(times, standalone(ctx, n))
 
 
-def iteration_rows(iters: list[float], alone: dict[str, list[float]]) -> list[Row]:
+def iteration_rows(times: dict[str, list[float]], alone: dict[str, list[float]]) -> list[Row]:
+    iters = times["iteration"]
     procs = p50(alone["code"]) + p50(alone["train"]) + p50(alone["analyze"])
     shim = p50(alone["shim"]) - p50(alone["train"])
     over = p50(iters) - procs
@@ -453,8 +491,13 @@ def iteration_rows(iters: list[float], alone: dict[str, list[float]]) -> list[Ro
             ms(p99(alone["code"]))),
         Row("3d   of which: `python train.py` (trivial)", k, ms(p50(alone["train"])),
             ms(p99(alone["train"]))),
-        Row("3e shim's own cost (shim + train.py - train.py), inside 3", k, ms(shim)),
-        Row("3f overhead without the shim (3 - 3e)", n, ms(over - shim)),
+        Row("3e shim's own cost alone (shim + train.py - train.py; serial, while in 3 its "
+            "start overlaps the daemon's bookkeeping)", k, ms(shim)),
+        *[Row(f"3{c} time in {state} (journal) - {what} alone", n,
+              ms(p50(times[state]) - p50(alone[key])), ms(p99(times[state])) + " in state")
+          for c, state, key, what in (("f", "coding", "code", "agent"),
+                                      ("g", "training", "train", "train.py"),
+                                      ("h", "analyzing", "analyze", "agent"))],
     ]
 
 
@@ -513,6 +556,14 @@ def beat_trial(d: Path, iteration: int, timeout: float) -> float:
     return (time.time() - (beat_t + timeout)) * 1000
 
 
+def beat_trials(ctx: Ctx, d: Path, n: int) -> list[float]:
+    out = []
+    for i in range(1, n + 1):
+        out.append(beat_trial(d, i, 1.0))
+        reap_orphans(ctx)
+    return out
+
+
 def bench_heartbeat(ctx: Ctx) -> list[Row]:
     n = ctx.sizes.heartbeat
     d = ctx.exp("beat", {"IDEA.md": "x\n", "PLAN.md": "# plan\n", "train.py": BEAT_TRAIN,
@@ -520,7 +571,7 @@ def bench_heartbeat(ctx: Ctx) -> list[Row]:
     daemon = ctx.mlsm("watch", [d], "--agent", "command", "--agent-cmd", ctx.agent_script(),
                       "--heartbeat-timeout", "1", "--grace", "1", "--max-failures", "1000",
                       "--max-iterations", str(n + 2), MLSM_HEARTBEAT_INTERVAL="0.05")
-    lat = [beat_trial(d, i, 1.0) for i in range(1, n + 1)]
+    lat = beat_trials(ctx, d, n)
     terminate(daemon)
     return [Row("5 stale heartbeat: (last beat t + 1 s timeout) → tree gone", str(n),
                 ms(p50(lat)), ms(p99(lat)))]
@@ -536,7 +587,7 @@ def hard_tree(d: Path) -> list[int] | None:
     return [shim, *(p[0] for p in pids if p)]
 
 
-def kill_trial(d: Path) -> tuple[int, int, int, float]:
+def kill_trial(ctx: Ctx, d: Path) -> tuple[int, int, int, float]:
     """(processes alive at STOP, survivors at `stopped`, survivors 0.5 s later, ms to gone)."""
     pids = wait_for(lambda: hard_tree(d), 30, "tree_train.py's tree")
     live = [p for p in pids if running(p)]
@@ -552,6 +603,7 @@ def kill_trial(d: Path) -> tuple[int, int, int, float]:
             os.kill(pid, signal.SIGKILL)
     shutil.rmtree(d / "pids")
     (d / "STOP").unlink()
+    reap_orphans(ctx)
     return len(live), at_stop, len(later), gone
 
 
@@ -560,7 +612,7 @@ def bench_kill(ctx: Ctx) -> list[Row]:
                          "train.py": TREE_TRAIN.read_text()})
     daemon = ctx.mlsm("watch", [d], "--agent", "command", "--agent-cmd", "/bin/true",
                       "--grace", "0.5")
-    trials = [kill_trial(d) for _ in range(ctx.sizes.kill)]
+    trials = [kill_trial(ctx, d) for _ in range(ctx.sizes.kill)]
     terminate(daemon)
     total = sum(t[0] for t in trials)
     at_stop, later = sum(t[1] for t in trials), sum(t[2] for t in trials)
@@ -605,6 +657,8 @@ def crash_trial(ctx: Ctx, index: int, rng: random.Random) -> tuple[int, int, int
         kills += 1
     final = ctx.mlsm("run", [d], *args, **env)
     ok = final.wait(120) == 0 and status(d).get("state") == "done"
+    reap(d)
+    reap_orphans(ctx)
     return (kills, *lost_or_doubled(d), ok)
 
 
@@ -686,12 +740,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few trials (< 90 s)")
     sizes = QUICK if parser.parse_args().quick else Sizes()
-    header = f"{versions()}\n\n{cpu()}"
+    reaper = become_subreaper()
+    header = f"{versions()}\n\n{cpu()}; {proc_count()} processes at start"
     started = time.monotonic()
     rows: list[Row] = []
     with context(sizes) as ctx:
         for title, fn in SECTIONS:
             rows += run_section(ctx, title, fn)
+    header += f", {proc_count()} at the end; the benchmark " + (
+        "is a child subreaper and reaps orphans between trials" if reaper
+        else "could not become a subreaper: orphans are left to pid 1")
     mode = "--quick" if sizes == QUICK else "full"
     print(f"## mlsm core benchmark ({mode})\n\n{header}\n")
     print(table(rows))

@@ -214,3 +214,21 @@ def test_second_daemon_is_refused_naming_the_pid(exp: Experiment) -> None:
     second = exp.mlsm("watch")
     assert second.wait() == 4
     assert f"pid {first.proc.pid}" in second.output()
+
+
+def test_deleted_and_recreated_root_is_adopted_afresh(exp: Experiment) -> None:
+    import shutil
+
+    exp.write("IDEA.md", "first")
+    daemon = exp.mlsm("watch", "--max-iterations", "1")
+    first = exp.wait_state("done")
+    shutil.rmtree(exp.path)
+    wait_for(lambda: daemon.proc.poll() is not None or "root_missing" in daemon.output(),
+             10, "the daemon to notice")
+    exp.path.mkdir()
+    exp.write("IDEA.md", "second")
+    second = exp.wait_state("done")
+    assert second["started_at"] != first["started_at"]
+    assert "root_replaced" in exp.runner_log()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 130
