@@ -38,7 +38,11 @@ class ExperimentHandler(FileSystemEventHandler):
             return
         if not names & RELEVANT:
             return
-        if "STOP" in names and os.path.exists(os.path.join(self.root, "STOP")):
+        # A STOP that appeared counts even if it is already gone again: the person asked.
+        appeared = (_name(getattr(event, "dest_path", "") or "") == "STOP"
+                    or (_name(event.src_path) == "STOP" and event.event_type != "deleted"
+                        and event.event_type != "moved"))
+        if appeared:
             self.request_stop()
         self.wake()
 

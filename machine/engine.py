@@ -278,6 +278,14 @@ class Experiment:
             self._stopping = False
             self.model.resume()
             return
+        if not stop_present and self._stopping and state in RESUMABLE:
+            # STOP came and went before the engine saw it: the killer already acted, so
+            # record the stop and the resume, which re-runs the interrupted step.
+            self._kill_all("stopped", "STOP was requested")
+            self.model.stop()
+            self._stopping = False
+            self.model.resume()
+            return
         if state == State.IDLE and not stop_present:
             self._maybe_start()
         elif state == State.CODING and self.status.get("waiting_for") and self.current is None:

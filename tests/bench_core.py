@@ -493,8 +493,9 @@ def iteration_rows(times: dict[str, list[float]], alone: dict[str, list[float]])
             ms(p99(alone["train"]))),
         Row("3e shim's own cost alone (shim + train.py - train.py; serial, while in 3 its "
             "start overlaps the daemon's bookkeeping)", k, ms(shim)),
-        *[Row(f"3{c} time in {state} (journal) - {what} alone", n,
-              ms(p50(times[state]) - p50(alone[key])), ms(p99(times[state])) + " in state")
+        *[Row(f"3{c} time in {state} (journal; in brackets: minus {what} alone)", n,
+              f"{ms(p50(times[state]))} (+{ms(p50(times[state]) - p50(alone[key]))})",
+              ms(p99(times[state])))
           for c, state, key, what in (("f", "coding", "code", "agent"),
                                       ("g", "training", "train", "train.py"),
                                       ("h", "analyzing", "analyze", "agent"))],
@@ -530,12 +531,14 @@ def bench_idle(ctx: Ctx) -> list[Row]:
     while time.monotonic() - t0 < ctx.sizes.idle_s:
         time.sleep(min(1.0, ctx.sizes.idle_s - (time.monotonic() - t0)))
         rss.append(rss_mb(proc))
-    pct = (cpu_seconds(proc) - cpu0) / (time.monotonic() - t0) * 100
+    used = cpu_seconds(proc) - cpu0
+    pct = used / (time.monotonic() - t0) * 100
     threads = proc.num_threads()
     terminate(daemon)
     window = f"{ctx.sizes.idle_s:g} s"
     return [
-        Row("4 idle `mlsm watch`: CPU (incl. children)", window, f"{pct:.3f} % of a core",
+        Row("4 idle `mlsm watch`: CPU (incl. children; 10 ms ticks)", window,
+            f"{pct:.3f} % of a core ({used:.2f} s CPU)",
             target="< 0.5 %", verdict=verdict(pct < 0.5)),
         Row(f"4a idle RSS (incl. children; mean, max; {threads} threads)",
             f"{len(rss)} samples", f"{statistics.mean(rss):.1f} MB", f"max {max(rss):.1f} MB",

@@ -232,3 +232,18 @@ def test_deleted_and_recreated_root_is_adopted_afresh(exp: Experiment) -> None:
     assert "root_replaced" in exp.runner_log()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 130
+
+
+def test_stop_touched_and_removed_at_once_is_not_lost(exp: Experiment) -> None:
+    marker = exp.write("hang_plan", "")
+    exp.write("IDEA.md", "x")
+    daemon = exp.mlsm("watch", "--max-iterations", "1")
+    wait_for((exp.path / "hung_plan.pid").exists, what="hung agent")
+    pid = int((exp.path / "hung_plan.pid").read_text().split()[0])
+    marker.unlink()
+    (exp.path / "STOP").touch()
+    (exp.path / "STOP").unlink()
+    exp.wait_state("done")
+    assert gone(pid)
+    daemon.signal(signal.SIGTERM)
+    daemon.wait()
