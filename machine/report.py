@@ -91,6 +91,17 @@ def _training_progress(exp_dir: Path, status: dict[str, Any], now: float) -> dic
     return out
 
 
+def _progress_text(doc: dict[str, Any], width: int = 20) -> str:
+    """`step 120/600 [####----------------] 20% ETA 35s`, or `step 120` without a total."""
+    step, total = doc.get("step"), doc.get("total_steps")
+    if not (isinstance(step, int) and isinstance(total, int) and total > 0):
+        return f"step {step}"
+    frac = min(1.0, max(0.0, step / total))
+    bar = "#" * round(frac * width) + "-" * (width - round(frac * width))
+    eta = f" ETA {doc['eta_s']:.0f}s" if doc.get("eta_s") is not None else ""
+    return f"step {step}/{total} [{bar}] {frac:.0%}{eta}"
+
+
 def _line(doc: dict[str, Any]) -> str:
     parts = [f"{doc['dir']}: {str(doc['state']).upper()}"]
     if doc.get("previous_state"):
@@ -103,8 +114,10 @@ def _line(doc: dict[str, Any]) -> str:
             p = doc[key]
             parts.append(f"{key} pid {p['pid']} ({'alive' if p['alive'] else 'gone'})")
     if doc.get("step") is not None:
-        total = f"/{doc['total_steps']}" if doc.get("total_steps") else ""
-        parts.append(f"step {doc['step']}{total}")
+        parts.append(_progress_text(doc))
+    if doc.get("latest_metrics"):
+        parts.append(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in doc["latest_metrics"].items() if k != "step"))
     if doc.get("heartbeat_age_s") is not None:
         parts.append(f"heartbeat {doc['heartbeat_age_s']:.0f}s ago")
     best = doc.get("best")
@@ -113,7 +126,7 @@ def _line(doc: dict[str, Any]) -> str:
     if doc.get("cost_usd"):
         parts.append(f"cost ${doc['cost_usd']:.4f}")
     text = ", ".join(parts)
-    for key in ("error", "stop_reason"):
+    for key in ("error", "stop_reason", "waiting_for"):
         if doc.get(key):
             text += f"\n  {key.replace('_', ' ')}: {doc[key]}"
     return text

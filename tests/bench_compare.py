@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import os
@@ -228,7 +229,7 @@ def absent(doc: dict[str, Any]) -> str | None:
 
 def call_rows(results: dict[str, dict[str, Any]]) -> list[str]:
     base = p50(results["hooks"]["per_call"]) if "per_call" in results["hooks"] else None
-    out = ["| logger | version | batches × calls | median µs/call | p99 µs/call | × hooks.log |",
+    out = ["| logger | version | batches x calls | median µs/call | p99 µs/call | x hooks.log |",
            "|---|---|---:|---:|---:|---:|"]
     for lg in LOGGERS:
         doc, ver = results[lg.key], version(lg.package) if lg.package else "stdlib"
@@ -238,13 +239,13 @@ def call_rows(results: dict[str, dict[str, Any]]) -> list[str]:
             continue
         xs = doc["per_call"]
         ratio = f"{p50(xs) / base:,.1f}" if base else "—"
-        out.append(f"| {lg.label} | {ver} | {len(xs)} × {lg.calls:,} | {p50(xs):,.2f} | "
+        out.append(f"| {lg.label} | {ver} | {len(xs)} x {lg.calls:,} | {p50(xs):,.2f} | "
                    f"{p99(xs):,.2f} | {ratio} |")
     return out
 
 
 def train_rows(results: dict[str, dict[str, Any]]) -> list[str]:
-    out = ["| logger, every step | rounds × steps | steps/s without | steps/s with | "
+    out = ["| logger, every step | rounds x steps | steps/s without | steps/s with | "
            "slowdown median | slowdown p99 | inside the call µs/step (% of a step) |",
            "|---|---:|---:|---:|---:|---:|---:|"]
     for lg in LOGGERS:
@@ -255,7 +256,7 @@ def train_rows(results: dict[str, dict[str, Any]]) -> list[str]:
             continue
         slow = [b / w - 1 for b, w in zip(doc["base"], doc["log"], strict=True)]
         step_us = 1e6 / p50(doc["log"])
-        out.append(f"| {lg.label} | {len(slow)} × {lg.steps} | {p50(doc['base']):,.0f} | "
+        out.append(f"| {lg.label} | {len(slow)} x {lg.steps} | {p50(doc['base']):,.0f} | "
                    f"{p50(doc['log']):,.0f} | {p50(slow) * 100:+.1f} % | {p99(slow) * 100:+.1f} %"
                    f" | {doc['inside_us']:,.2f} ({doc['inside_us'] / step_us * 100:.2f} %) |")
     return out
@@ -272,7 +273,7 @@ def logger_verdicts(results: dict[str, dict[str, Any]]) -> list[str]:
     slow = p50([b / w - 1 for b, w in zip(hooks["base"], hooks["log"], strict=True)]) * 100
     direct = hooks["inside_us"] / (1e6 / p50(hooks["log"])) * 100
     return [f"- cheapest library per call: {cheapest}, {libs[cheapest]:,.2f} µs; hooks.log is "
-            f"**{ratio:,.1f}× cheaper** (target ≥ 20×): {verdict(ratio >= 20)}",
+            f"**{ratio:,.1f}x cheaper** (target ≥ 20x): {verdict(ratio >= 20)}",
             f"- hooks.log every step slows the loop by {slow:+.2f} % (median of rounds; timed "
             f"inside the loop: {direct:.2f} % of a step) (target < 1 %): "
             f"{verdict(slow < 1 and direct < 1)}"]
@@ -355,7 +356,7 @@ def repeated_stops(d: Path, trials: int) -> list[float]:
     (d / "IDEA.md").write_text("An idea.\n")
     out, old = [], None
     for _ in range(trials):
-        pids = wait_for(lambda: hung_agent(d, old), 15, f"a new hung agent in {d.name}")
+        pids = wait_for(functools.partial(hung_agent, d, old), 15, f"a new agent in {d.name}")
         out.append(stop_ms(d, pids))
         resume(d)
         old = pids[0]
@@ -496,7 +497,7 @@ def report(plan: Plan, header: str, results: dict[str, Any], total: float) -> No
         print("\n".join(logger_verdicts(loggers)))
         print("\n(each logger in a fresh process; tiny MLP 64-64-1, batch 32, "
               "torch.set_num_threads(1); rounds alternate without/with; `loss.item()` is called "
-              "in both, so only the logger differs; slowdown = steps/s without / with − 1 per "
+              "in both, so only the logger differs; slowdown = steps/s without / with - 1 per "
               "round; µs/call = one batch of calls / its size; MLflow logs synchronously)\n")
     print("### 2. Event latency (one daemon per observer, a fresh experiment per trial)\n")
     print(table(failed_rows("latency", results["latency"]) or results["latency"]), "\n")

@@ -151,3 +151,12 @@ def test_status_json_survives_as_seed_format(exp: Experiment) -> None:
         {"iteration": 0, "timestamp": "2024-01-01T00:00:00", "complete": False}))
     assert exp.mlsm("run", "--max-iterations", "1").wait() == 0
     assert exp.status()["schema"] == 1
+
+
+def test_agent_with_a_silent_transcript_counts_as_hung(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    exp.write("hang_plan", "")
+    run = exp.mlsm("run", "--agent-retries", "0", "--agent-idle-timeout", "0.5")
+    assert run.wait() == 1
+    error = exp.status()["error"]
+    assert "wrote nothing for" in error and "--agent-idle-timeout 0.5s" in error

@@ -130,3 +130,22 @@ def test_polling_observer_runs_end_to_end(exp: Experiment) -> None:
     exp.wait_state("done")
     daemon.signal(signal.SIGTERM)
     daemon.wait()
+
+
+def test_status_shows_progress_and_eta_of_a_running_training(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    exp.write("train.py", "import time\nfrom mlsm import hooks\nfor i in range(100000):\n"
+                          "    hooks.log(step=i, total_steps=100000, loss=1.0 / (i + 1))\n"
+                          "    time.sleep(0.001)\n")
+    daemon = exp.mlsm("watch", MLSM_HEARTBEAT_INTERVAL="0.05", MLSM_FLUSH_INTERVAL="0.05")
+    exp.wait_state("training")
+
+    def shown() -> str | None:
+        run = Mlsm(["status", str(exp.path)], exp.path, exp.env)
+        run.wait()
+        out = run.output()
+        return out if "/100000 [" in out and "ETA" in out and "loss=" in out else None
+    out = wait_for(shown, 20, "progress in mlsm status")
+    assert "TRAINING" in out and "heartbeat" in out and "training pid" in out
+    daemon.signal(signal.SIGTERM)
+    daemon.wait()

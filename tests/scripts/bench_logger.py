@@ -154,7 +154,9 @@ def train(log_step: Step, steps: int, rounds: int) -> dict[str, Any]:
                 inside += clock() - before
         return steps / (clock() - start), inside
 
-    base, logged, inside = [], [], 0.0
+    base: list[float] = []
+    logged: list[float] = []
+    inside = 0.0
     for r in range(-1, rounds):  # round -1 warms up
         for logging in (r % 2 == 0, r % 2 != 0):
             rate, spent = run(logging)
