@@ -69,6 +69,25 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(dfd)
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every JSON object line of a file; torn, blank or non-JSON lines are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    rows: list[dict[str, Any]] = []
+    for line in lines:
+        if not line.lstrip().startswith("{"):
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Serialise `obj` and write it with `write_atomic`."""
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterable
@@ -24,6 +23,7 @@ from mlsm.handlers.agents.base import (
     check_product,
 )
 from mlsm.handlers.agents.command import step_env, tail
+from mlsm.machine import store
 from mlsm.machine.config import Config
 from mlsm.machine.errors import AgentUnavailableError
 
@@ -217,21 +217,7 @@ def _permission_args(step: AgentStep, flags: frozenset[str]) -> list[str]:
 
 def read_events(transcript: Path) -> list[dict[str, Any]]:
     """Every JSON object line of the transcript; other lines (stderr, noise) are skipped."""
-    try:
-        text = transcript.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    events: list[dict[str, Any]] = []
-    for line in text.splitlines():
-        if not line.startswith("{"):
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            events.append(obj)
-    return events
+    return store.read_jsonl(transcript)
 
 
 def attempt_events(events: list[dict[str, Any]], sid: str, strict: bool) -> list[dict[str, Any]]:
@@ -413,18 +399,4 @@ def finish_product(step: AgentStep, answer: dict[str, Any] | None) -> str | None
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` so readers see the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    store.write_atomic(path, text.encode("utf-8"))

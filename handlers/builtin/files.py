@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mlsm.machine.store import write_atomic
+from mlsm.machine.store import read_jsonl, write_atomic
 
 _SPECIAL = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math.inf,
             "infinity": math.inf, "-infinity": -math.inf}
@@ -56,19 +56,7 @@ def number(value: Any) -> float | None:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The rows of a metrics.jsonl; a torn or bad line (a killed run) is skipped."""
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return []
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return read_jsonl(path)
 
 
 def last_error_line(path: Path, limit: int = 240) -> str | None:
