@@ -110,7 +110,7 @@ class AgentRun:
         self._killed_for = f"the {self.step.role} agent {why} and was killed"
         self.log.warning("agent_timeout", role=self.step.role, detail=self._killed_for)
         procs.kill_tree(self.rec, self.step.config.grace)
-        self.popen.wait()
+        procs.wait_exit(self.popen, None)
 
     def _outcome(self) -> AgentOutcome:
         assert self.popen is not None

@@ -62,7 +62,7 @@ def _run_one(exp_dir: Path, argv: list[str], state: str, previous: str | None,
     if not procs.wait_exit(proc, timeout or None):
         procs.kill_tree(rec, grace)
         with contextlib.suppress(Exception):
-            proc.wait(1)
+            procs.wait_exit(proc, 1)
         log.error("hook_timeout", hook=argv[0], state=state, timeout_s=timeout)
         return
     if proc.returncode != 0:

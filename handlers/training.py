@@ -20,7 +20,7 @@ from mlsm.machine.config import Config
 from mlsm.machine.events import EXITED, Event
 from mlsm.machine.procs import ProcRecord
 from mlsm.machine.sentinel import HeartbeatWatch, Verdict, output_size, read_heartbeat
-from mlsm.machine.store import now_iso, write_json_atomic
+from mlsm.machine.store import write_json_atomic
 
 ATTEMPT_FILES = (
     "train.py", "stdout.log", "stderr.log", "exit.json", "kill.json", "heartbeat.json",
@@ -62,8 +62,10 @@ def read_exit(run_dir: Path) -> dict[str, Any] | None:
 def write_kill_note(run_dir: Path, reason: str, detail: str, seconds: float | None = None) -> None:
     """Tell the shim (and a later reader) why the tree is about to be killed."""
     note = {"reason": reason, "detail": detail, "seconds": seconds, "t": time.time()}
-    with contextlib.suppress(OSError):
-        write_json_atomic(run_dir / "kill.json", note)
+    tmp = run_dir / f".kill.json.{os.getpid()}.tmp"
+    with contextlib.suppress(OSError):  # advisory and on the STOP path: no fsync here
+        tmp.write_text(json.dumps(note))
+        os.replace(tmp, run_dir / "kill.json")
 
 
 def finalize_exit(run_dir: Path, started: float | None, fallback_reason: str) -> dict[str, Any]:
@@ -120,20 +122,13 @@ class TrainingRun:
         out = os.open(self.run_dir / "stdout.log", flags, 0o644)
         err = os.open(self.run_dir / "stderr.log", flags, 0o644)
         try:
-            self.popen = subprocess.Popen(
-                shim_argv(self.run_dir, self.config.train_argv()), cwd=self.exp_dir,
-                env={**env, procs.RUN_ID_VAR: (run_id := procs.new_run_id())},
-                stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True,
-            )
+            self.popen, self.rec = procs.spawn(
+                shim_argv(self.run_dir, self.config.train_argv()), self.exp_dir, env, out,
+                stdin=subprocess.PIPE, stderr=err, record_cmd=self.config.train_argv())
         finally:
             os.close(out)
             os.close(err)
         self.started_wall = time.time()
-        self.rec = ProcRecord(
-            pid=self.popen.pid, pgid=self.popen.pid, start_ticks=procs.start_ticks(self.popen.pid),
-            boot_id=procs.boot_id(), run_id=run_id, cmd=self.config.train_argv(),
-            started_at=now_iso(),
-        )
         return self.rec
 
     def release(self) -> None:
@@ -149,7 +144,7 @@ class TrainingRun:
         if self.popen is not None and self.popen.stdin is not None:
             with contextlib.suppress(OSError):
                 self.popen.stdin.close()
-            self.popen.wait()
+            procs.wait_exit(self.popen, None)
 
     def attach(self, rec: ProcRecord, started_wall: float | None) -> None:
         """Watch a training a previous daemon started (not our child: poll its identity)."""
@@ -206,4 +201,4 @@ class TrainingRun:
             self._abandon.wait(USR1_PAUSE_S)
         procs.kill_tree(self.rec, self.config.grace)
         if self.popen is not None:
-            self.popen.wait()
+            procs.wait_exit(self.popen, None)

@@ -16,6 +16,7 @@ from typing import IO, Any
 import psutil
 
 from mlsm.handlers.fsevents import DiscoveryHandler, ExperimentHandler
+from mlsm.machine import procs
 from mlsm.machine.config import resolve
 from mlsm.machine.engine import Experiment
 from mlsm.machine.errors import ExitCode, InputError, MlsmError
@@ -192,6 +193,7 @@ class Daemon:
     def run(self, until_finished: bool) -> ExitCode:
         """Run until a signal (or, when `until_finished`, until every run is DONE or FAILED)."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        procs.become_subreaper()
         try:
             self._start_observer()
             for exp in self.experiments:

@@ -121,6 +121,7 @@ class Experiment:
         self._root_ino: int | None = None
         self._threads: list[threading.Thread] = []
         self._hook_threads: list[threading.Thread] = []
+        self._kill_lock = threading.Lock()
         self.log: Any = None
         self.machine: Machine | None = None
         self.model = _Model(self)
@@ -211,6 +212,7 @@ class Experiment:
                 event = self.queue.get(timeout=timeout)
             except queue.Empty:
                 event = Event(ev.WAKE, data={"periodic": True})
+                procs.reap_orphans()
             if event.kind == ev.SHUTDOWN:
                 self._guard(self._shutdown)
                 return
@@ -693,6 +695,10 @@ class Experiment:
 
     def _kill_all(self, reason: str, detail: str) -> None:
         """Kill the agent's and the training's trees (TERM, grace, KILL); safe to repeat."""
+        with self._kill_lock:  # the killer and the engine's sweep never kill in parallel
+            self._kill_all_locked(reason, detail)
+
+    def _kill_all_locked(self, reason: str, detail: str) -> None:
         run = self.current
         if run is not None:
             run.abandon()
@@ -708,7 +714,7 @@ class Experiment:
                               reason=reason)
         if run is not None and run.popen is not None:
             with contextlib.suppress(Exception):
-                run.popen.wait(timeout=1)
+                procs.wait_exit(run.popen, 1)
         self.current = None
 
     # ----- restore and shutdown --------------------------------------------------------

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import fnmatch
 import os
 import select
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -83,27 +85,68 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+# Our own Popen children: the orphan reaper must never reap one (Popen.wait owns its status).
+_owned: set[int] = set()
+_owned_lock = threading.Lock()
+PR_SET_CHILD_SUBREAPER = 36
+
+
 def spawn(
     argv: list[str],
     cwd: Path,
     env: Mapping[str, str],
     stdout: IO[Any] | int,
     stdin: int = subprocess.DEVNULL,
+    stderr: IO[Any] | int = subprocess.STDOUT,
+    record_cmd: list[str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], ProcRecord]:
     """Start `argv` in its own session with MLSM_RUN_ID set; return it and its identity."""
     run_id = env.get(RUN_ID_VAR) or new_run_id()
     full_env = dict(env)
     full_env[RUN_ID_VAR] = run_id
-    proc = subprocess.Popen(
-        argv, cwd=cwd, env=full_env, stdin=stdin, stdout=stdout, stderr=subprocess.STDOUT
-        if stdout is not subprocess.DEVNULL else subprocess.DEVNULL,
-        start_new_session=True, close_fds=True,
-    )
+    with _owned_lock:
+        proc = subprocess.Popen(argv, cwd=cwd, env=full_env, stdin=stdin, stdout=stdout,
+                                stderr=stderr, start_new_session=True, close_fds=True)
+        _owned.add(proc.pid)
     rec = ProcRecord(
         pid=proc.pid, pgid=proc.pid, start_ticks=start_ticks(proc.pid), boot_id=boot_id(),
-        run_id=run_id, cmd=list(argv), started_at=now_iso(),
+        run_id=run_id, cmd=list(record_cmd or argv), started_at=now_iso(),
     )
     return proc, rec
+
+
+def become_subreaper() -> bool:
+    """Adopt our descendants' orphans (prctl), so a killed tree's orphans are reaped at once.
+
+    Where pid 1 does not reap (many containers), orphans would otherwise stay zombies.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_orphans() -> int:
+    """Reap exited children that are not our own Popen children; returns how many."""
+    reaped = 0
+    with _owned_lock:
+        try:
+            kids = psutil.Process().children()
+        except psutil.Error:
+            return 0
+        for kid in kids:
+            if kid.pid in _owned:
+                continue
+            with contextlib.suppress(ChildProcessError, OSError):
+                if os.waitpid(kid.pid, os.WNOHANG)[0]:
+                    reaped += 1
+    return reaped
+
+
+def _disown(pid: int) -> None:
+    with _owned_lock:
+        _owned.discard(pid)
 
 
 def wait_exit(popen: subprocess.Popen[bytes], timeout: float | None) -> bool:
@@ -113,6 +156,7 @@ def wait_exit(popen: subprocess.Popen[bytes], timeout: float | None) -> bool:
     sleeps of up to 50 ms, which adds that much to every step of an iteration.
     """
     if popen.poll() is not None:
+        _disown(popen.pid)
         return True
     try:
         fd = os.pidfd_open(popen.pid)
@@ -121,47 +165,68 @@ def wait_exit(popen: subprocess.Popen[bytes], timeout: float | None) -> bool:
             popen.wait(timeout)
         except subprocess.TimeoutExpired:
             return False
+        _disown(popen.pid)
         return True
     try:
         select.select([fd], [], [], timeout)
     finally:
         os.close(fd)
-    return popen.poll() is not None
+    if popen.poll() is None:
+        return False
+    _disown(popen.pid)
+    return True
 
 
-def _tagged(run_id: str) -> list[psutil.Process]:
-    """Every process whose environment carries MLSM_RUN_ID=<run_id> (it survives setsid)."""
+def _scan(run_id: str) -> tuple[dict[int, list[int]], set[int]]:
+    """One pass over /proc: children by parent pid, and the pids tagged MLSM_RUN_ID=<run_id>.
+
+    The tag is in the environment, so it survives setsid and re-parenting; one pass keeps
+    the cost at one read per process however large the tree is.
+    """
     needle = f"{RUN_ID_VAR}={run_id}".encode()
-    found = []
+    children: dict[int, list[int]] = {}
+    tagged: set[int] = set()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
+        pid = int(entry.name)
         try:
-            with open(f"/proc/{entry.name}/environ", "rb") as fh:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+            ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(pid)
+            with open(f"/proc/{pid}/environ", "rb") as fh:
                 if needle in fh.read().split(b"\0"):
-                    found.append(psutil.Process(int(entry.name)))
-        except (OSError, psutil.Error):
+                    tagged.add(pid)
+        except (OSError, ValueError):
             continue
-    return found
+    return children, tagged
+
+
+def _descendants(roots: Iterable[int], children: Mapping[int, list[int]]) -> set[int]:
+    out: set[int] = set()
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out.add(pid)
+            todo.extend(children.get(pid, ()))
+    return out
 
 
 def tree(rec: ProcRecord) -> list[psutil.Process]:
-    """The recorded process, its descendants, its session, and every process tagged with its run."""
-    procs: dict[int, psutil.Process] = {}
-    me = os.getpid()
+    """The recorded process, its descendants, and every process tagged with its run (and theirs)."""
+    children, tagged = _scan(rec.run_id)
+    roots = set(tagged)
     if same_process(rec):
+        roots.add(rec.pid)
+    pids = _descendants(roots, children)
+    pids.discard(os.getpid())
+    procs = []
+    for pid in pids:
         with contextlib.suppress(psutil.Error):
-            root = psutil.Process(rec.pid)
-            procs[root.pid] = root
-            for child in root.children(recursive=True):
-                procs[child.pid] = child
-    for proc in _tagged(rec.run_id):
-        procs[proc.pid] = proc
-        with contextlib.suppress(psutil.Error):
-            for child in proc.children(recursive=True):
-                procs[child.pid] = child
-    procs.pop(me, None)
-    return list(procs.values())
+            procs.append(psutil.Process(pid))
+    return procs
 
 
 def _signal_all(rec: ProcRecord, procs: Iterable[psutil.Process], sig: int) -> None:
@@ -206,6 +271,7 @@ def kill_tree(rec: ProcRecord, grace: float) -> int:
     if left:
         _signal_all(rec, left, signal.SIGKILL)
         left = wait_gone(left, 5.0)
+    reap_orphans()
     return len(procs)
 
 

@@ -505,7 +505,7 @@ def test_sigusr1_dumps_every_thread_into_stderr(tmp_path: Path) -> None:
     try:
         assert proc.stdout.readline() == "ready\n"
         proc.send_signal(signal.SIGUSR1)
-        wait_for(lambda: 'File "<string>", line 5' in (tmp_path / "stderr.log").read_text(),
+        wait_for(lambda: 'File "<string>", line' in (tmp_path / "stderr.log").read_text(),
                  what="the stack dump in stderr.log")
         assert proc.poll() is None  # dumped, and still alive
     finally:

@@ -1,4 +1,4 @@
-"""One logger timed in a fresh process (µs per call, tiny-MLP slowdown); prints one JSON line."""
+"""Loggers timed in a fresh process (µs per call, tiny-MLP slowdown); prints one JSON line."""
 
 from __future__ import annotations
 
@@ -166,28 +166,38 @@ def train(log_step: Step, steps: int, rounds: int) -> dict[str, Any]:
     return {"base": base, "log": logged, "inside_us": inside / (rounds * steps) * 1e6}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("name", choices=sorted(SETUPS))
-    parser.add_argument("tmp", type=Path)
-    for flag in ("calls", "batches", "steps", "rounds"):
-        parser.add_argument(flag, type=int)
-    a = parser.parse_args()
-    package, setup = SETUPS[a.name]
+def measure(key: str, tmp: Path, sizes: dict[str, int]) -> dict[str, Any]:
+    """Per-call samples, then the training rounds, of one contender (set up in `tmp`)."""
+    package, setup = SETUPS[key]
     if package != "json" and importlib.util.find_spec(package) is None:
-        print(json.dumps({"missing": package}))
-        return 0
+        return {"missing": package}
     rng = random.Random(0)
     values = [rng.random() for _ in range(1024)]
+    tmp.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    loop, step, close = setup(a.tmp, values)
-    setup_s = time.perf_counter() - t0
-    per_call = bench_hooks().per_call(loop, a.calls, a.batches)
-    doc = {"per_call": per_call, "setup_s": setup_s, **train(step, a.steps, a.rounds)}
+    loop, step, close = setup(tmp, values)
+    doc: dict[str, Any] = {"setup_s": time.perf_counter() - t0}
+    doc["per_call"] = bench_hooks().per_call(loop, sizes["calls"], sizes["batches"])
+    doc.update(train(step, sizes["steps"], sizes["rounds"]))
     t0 = time.perf_counter()
     close()
     doc["close_s"] = time.perf_counter() - t0
-    print(json.dumps(doc))
+    return doc
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("tmp", type=Path, help="a folder for the loggers' files")
+    parser.add_argument("spec", help='JSON: {"<contender>": {"calls", "batches", "steps", '
+                        '"rounds"}, ...}, run in this order, one after another')
+    a = parser.parse_args()
+    out: dict[str, Any] = {}
+    for key, sizes in json.loads(a.spec).items():
+        try:
+            out[key] = measure(key, a.tmp / key, sizes)
+        except Exception as exc:  # one broken library must not hide the others' figures
+            out[key] = {"error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(out))
     return 0
 
 
