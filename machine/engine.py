@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import dataclasses
 import fcntl
 import functools
@@ -47,6 +48,7 @@ from mlsm.machine.store import (
 )
 
 RECONCILE_S = 30.0
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 DIRTY_RETRY_S = 2.0
 AGENT_ROLE = {State.PLANNING: "plan", State.CODING: "code", State.ANALYZING: "analyze",
               State.REPORTING: "report"}
@@ -512,14 +514,21 @@ class Experiment:
     def _start_agent(self, role: Role) -> None:
         if self._stopping:
             return
-        step = prepare_step(role, self.dir, self._run_dir(role), self.status["iteration"],
-                            self.status.get("step_attempt", 0) + 1, self.config,
-                            self._prompt_context())
+        try:
+            step = prepare_step(role, self.dir, self._run_dir(role), self.status["iteration"],
+                                self.status.get("step_attempt", 0) + 1, self.config,
+                                self._prompt_context())
+        except OSError as exc:
+            self._environment_error(f"cannot prepare the {role} step", exc)
+            return
         run = AgentRun(self.backend(), step, self.post, self.log, self.clock,
                        stopping=lambda: self._stopping or self._shutting_down)
         try:
             rec = run.spawn()
         except OSError as exc:
+            if exc.errno in DISK_ERRNOS:
+                self._environment_error(f"cannot start the {role} agent", exc)
+                return
             self._step_failed(role, AgentOutcome(
                 ok=False, reason=f"the {role} agent could not start: {exc.strerror or exc}"))
             return
@@ -569,6 +578,15 @@ class Experiment:
         self.status["error"] = f"the {role} step failed {tries}: {outcome.reason}"
         self.model.fail()
 
+    def _environment_error(self, what: str, exc: OSError) -> None:
+        """A full disk or the like: not the agent's fault; say so once and retry the action."""
+        sentence = (f"{what}: {exc.strerror or exc}; retrying every {DIRTY_RETRY_S:g} s "
+                    f"(free disk space or fix permissions in {self.dir})")
+        if self.status.get("error") != sentence:
+            self.status["error"] = sentence
+            self.log.error("environment_error", detail=sentence)
+        self._schedule_retry(DIRTY_RETRY_S)
+
     def _schedule_retry(self, delay: float) -> None:
         self._retry_token += 1
         event = Event(ev.RETRY, data={"token": self._retry_token, "state": self.state.value})
@@ -613,8 +631,7 @@ class Experiment:
         try:
             rec = run.spawn()
         except OSError as exc:
-            self.status["error"] = f"could not start training: {exc.strerror or exc}"
-            self.model.fail()
+            self._environment_error("cannot start training", exc)
             return
         self.status["training"] = {**rec.to_json(), "run_dir": str(run.run_dir)}
         self._persist()
@@ -624,6 +641,8 @@ class Experiment:
             self._schedule_retry(DIRTY_RETRY_S)
             return
         self.current = run
+        if (self.status.get("error") or "").startswith("cannot start training"):
+            self.status["error"] = None
         run.release()
         self.log.info("training_started", iteration=self.status["iteration"], pid=rec.pid,
                       run_dir=str(run.run_dir))

@@ -27,7 +27,8 @@ class ExperimentSink:
         self._files: tuple[IO[str], IO[str]] | None = None
         self._failed = False
         self._renderer = structlog.dev.ConsoleRenderer(
-            colors=bool(console and console.isatty()), pad_event_to=0
+            colors=bool(console and console.isatty()), pad_event_to=0,
+            exception_formatter=structlog.dev.plain_traceback,
         )
 
     def _open(self) -> tuple[IO[str], IO[str]]:
@@ -96,7 +97,8 @@ def make_logger(
     sink = ExperimentSink(logs_dir, console, console_level)
     logger = structlog.wrap_logger(
         sink,
-        processors=[structlog.processors.add_log_level, _timestamp, _finalise],
+        processors=[structlog.processors.add_log_level, _timestamp,
+                    structlog.processors.format_exc_info, _finalise],
         cache_logger_on_first_use=False,
     )
     return logger.bind(exp=exp), sink

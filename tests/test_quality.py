@@ -1,0 +1,28 @@
+"""The code stays lint-clean, and the daemon never imports torch."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+
+
+def test_ruff_is_clean() -> None:
+    ruff = shutil.which("ruff") or str((REPO / ".venv" / "bin" / "ruff"))
+    if not shutil.which(ruff):
+        pytest.skip("ruff is not installed")
+    done = subprocess.run([ruff, "check", "."], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_daemon_modules_never_import_torch_or_optuna() -> None:
+    code = ("import sys; import mlsm.machine.cli, mlsm.machine.daemon, mlsm.machine.engine, "
+            "mlsm.handlers.agents.claude, mlsm.handlers.agents.codex, mlsm.hooks; "
+            "print(sorted(m for m in ('torch', 'optuna', 'matplotlib', 'numpy') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]"
