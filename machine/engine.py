@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import dataclasses
+import errno
 import fcntl
 import functools
 import json

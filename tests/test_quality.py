@@ -5,13 +5,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import REPO
 
 
 def test_ruff_is_clean() -> None:
-    ruff = shutil.which("ruff") or str((REPO / ".venv" / "bin" / "ruff"))
+    ruff = shutil.which("ruff") or str(REPO / ".venv" / "bin" / "ruff")
     if not shutil.which(ruff):
         pytest.skip("ruff is not installed")
     done = subprocess.run([ruff, "check", "."], cwd=REPO, capture_output=True, text=True)
