@@ -214,8 +214,10 @@ class Daemon:
         while self._signal is None:
             if until_finished and all(e.finished.is_set() for e in self.experiments):
                 return
-            if not self._wake.wait(RESCAN_S if self.discover else None) and self.discover:
-                self._tasks.append(self._scan)  # periodic rescan: events are only hints
+            if not self._wake.wait(RESCAN_S):
+                procs.reap_orphans()  # orphans of killed trees we adopted as subreaper
+                if self.discover:
+                    self._tasks.append(self._scan)  # periodic rescan: events are only hints
             self._wake.clear()
             while self._tasks and self._signal is None:
                 self._tasks.popleft()()

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import queue
+import random
 import sys
 import threading
 import time
@@ -208,13 +209,14 @@ class Experiment:
         self._guard(self._restore)
         self._guard(self._reconcile)
         while True:
+            # Jitter keeps the periodic reconciles of many experiments from waking in lockstep.
+            periodic = RECONCILE_S * random.uniform(0.75, 1.25)
             timeout = DIRTY_RETRY_S if self._dirty or self._root_ino is None \
-                else min(RECONCILE_S, self._budget_left_s())
+                else min(periodic, self._budget_left_s())
             try:
                 event = self.queue.get(timeout=timeout)
             except queue.Empty:
                 event = Event(ev.WAKE, data={"periodic": True})
-                procs.reap_orphans()
             if event.kind == ev.SHUTDOWN:
                 self._guard(self._shutdown)
                 return

@@ -528,3 +528,49 @@ def test_mlsm_run_goes_to_reporting_when_the_cost_budget_is_spent(
     assert "## Summary" in (exp_dir / "REPORT.md").read_text()
     status = json.loads((exp_dir / "status.json").read_text())
     assert status["state"].upper() == "DONE" and status["cost_usd"] >= 0.015
+
+
+def _overloaded_first(n: int, inner: Any) -> Any:
+    """A script that answers the first `n` plan requests with 529 overloaded, then `inner`."""
+    seen = {"plan": 0}
+
+    def script(request: dict[str, Any]) -> Any:
+        if fa.prompt_field(request, "role") == "plan" and seen["plan"] < n:
+            seen["plan"] += 1
+            return fa.ApiError(529, "overloaded_error", "Overloaded")
+        return inner(request)
+    return script
+
+
+@pytest.mark.claude
+def test_mlsm_run_backs_off_and_retries_an_overloaded_api(
+        tmp_path: Path, claude_bin: str, fake: Any, cli_env: dict[str, str]) -> None:
+    fake.script = _overloaded_first(4, fa.research(finish_at=1))
+    exp_dir = tmp_path / "exp"
+    exp_dir.mkdir()
+    (exp_dir / "IDEA.md").write_text("Halve the loss of a tiny model.\n")
+    rc = run_mlsm(exp_dir, claude_bin, cli_env, "--max-iterations", "1",
+                  "--agent-retries", "4", "--retry-backoff", "0.05")
+    assert rc == 0, (tmp_path / "mlsm-run.log").read_text(errors="replace")[-3000:]
+    journal = [json.loads(line) for line in
+               (exp_dir / "logs" / "events.jsonl").read_text().splitlines()]
+    failures = [e for e in journal if e["event"] == "agent_step_failed"]
+    assert failures and all(e["role"] == "plan" for e in failures)
+    assert "verloaded" in failures[0]["reason"]
+    assert [e["retry_in_s"] for e in failures] == [0.05 * 2 ** i for i in range(len(failures))]
+
+
+@pytest.mark.claude
+def test_mlsm_run_fails_with_the_clis_message_when_overload_persists(
+        tmp_path: Path, claude_bin: str, fake: Any, cli_env: dict[str, str]) -> None:
+    fake.script = _overloaded_first(10**6, fa.research())
+    exp_dir = tmp_path / "exp"
+    exp_dir.mkdir()
+    (exp_dir / "IDEA.md").write_text("Halve the loss of a tiny model.\n")
+    rc = run_mlsm(exp_dir, claude_bin, cli_env, "--agent-retries", "1",
+                  "--retry-backoff", "0.05")
+    assert rc == 1
+    status = json.loads((exp_dir / "status.json").read_text())
+    assert status["state"] == "failed"
+    assert "the plan step failed after 2 attempts" in status["error"]
+    assert "verloaded" in status["error"]
