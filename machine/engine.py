@@ -686,7 +686,9 @@ class Experiment:
 
     def _update_best(self, row: dict[str, Any]) -> None:
         s = self.status
-        s["failures"] = 0 if row["outcome"] == "ok" else s.get("failures", 0) + 1
+        # A run that exits cleanly without a result is not a failure (a plain script may not
+        # call hooks.result); crashes, kills and non-zero exits are.
+        s["failures"] = s.get("failures", 0) + 1 if row["outcome"] == "failed" else 0
         value, best = row["value"], s.get("best")
         if value is None:
             if best:

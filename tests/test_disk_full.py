@@ -62,7 +62,9 @@ def test_full_disk_keeps_last_good_state_and_recovers(exp: Experiment, small_fs:
              or "environment_error" in daemon.output(), 60, "the daemon to notice the full disk")
     out = daemon.output()
     assert "No space left on device" in out
-    assert out.count("status_write_failed") <= 1  # one clear error, not one per retry
+    # One clear error per outage (a few bytes freed elsewhere may end one early), not one per
+    # retry every 2 s.
+    assert out.count("status_write_failed") <= out.count("status_write_recovered") + 1
     for _ in range(20):
         assert _valid_status(small_fs)  # never a truncated file
     (small_fs / "filler").unlink()

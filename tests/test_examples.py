@@ -31,5 +31,7 @@ def test_example_improves_on_its_baseline(tmp_path: Path, name: str) -> None:
     for png in ("report_objective.png", "report_curves.png"):
         assert (d / png).stat().st_size > 1000 and png in report
     assert (d / "PLAN.md").exists()
+    notes = (d / "NOTES.md").read_text()  # the research memory: one entry per iteration
     for row in history:
         assert (d / "logs" / f"iter_{row['iteration']:03d}" / "train.py").exists()
+        assert notes.count(f"## Iteration {row['iteration']}\n") == 1

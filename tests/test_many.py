@@ -149,3 +149,17 @@ def test_status_shows_progress_and_eta_of_a_running_training(exp: Experiment) ->
     assert "TRAINING" in out and "heartbeat" in out and "training pid" in out
     daemon.signal(signal.SIGTERM)
     daemon.wait()
+
+
+def test_follow_view_renders_every_experiment(exp: Experiment, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from mlsm.machine.live import render
+
+    exp.write("IDEA.md", "x")
+    assert exp.mlsm("run", "--max-iterations", "1").wait() == 0
+    console = Console(record=True, width=400)
+    console.print(render([exp.path, tmp_path / "missing"]))
+    text = console.export_text()
+    assert "DONE" in text and "1/1" in text and "loss=" in text
+    assert "ERROR" in text and "is not a directory" in text

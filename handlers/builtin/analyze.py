@@ -38,7 +38,28 @@ def run_analyze(step: Step) -> None:
     if decision.metric is not None:
         doc["metric"] = decision.metric
     write_json(step.run_dir / "decision.json", doc)
+    update_notes(step, current, target, decision)
     print(f"analyze: iteration {step.iteration}: {decision.decision}: {decision.reason}")
+
+
+def update_notes(step: Step, run: Run, target: Target, decision: Decision) -> None:
+    """Append this iteration to NOTES.md, the research memory (once, even if re-run)."""
+    path = step.exp_dir / "NOTES.md"
+    marker = f"<!-- mlsm iteration {step.iteration} -->"
+    try:
+        notes = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        notes = "# Research notes\n\nOne entry per iteration, written by the builtin agent.\n"
+    if marker in notes:
+        return
+    tried = ", ".join(f"{k}={fmt(v)}" for k, v in run.params.items()) or "the script as given"
+    value = run.value(target.objective)
+    result = f"{target.objective} = {fmt(value)}" if value is not None else (
+        f"no {target.objective} ({run.problem or run.outcome})")
+    entry = (f"\n{marker}\n## Iteration {step.iteration}\n- tried: {tried}\n"
+             f"- result: {result}; outcome {run.outcome}\n"
+             f"- decision: {decision.decision}: {decision.reason}\n")
+    write_text(path, notes.rstrip("\n") + "\n" + entry)
 
 
 def decide(current: Run, runs: list[Run], target: Target, space: list[Param] | None,
