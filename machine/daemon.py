@@ -224,9 +224,11 @@ class Daemon:
 
     def close(self) -> None:
         """Shut every experiment down (children killed, state persisted), then the observer."""
-        for exp in self.experiments:
-            if exp.started:
-                exp.shutdown()
+        started = [exp for exp in self.experiments if exp.started]
+        for exp in started:  # every engine kills its children at once, in parallel
+            exp.shutdown(wait=False)
+        for exp in started:
+            exp.join()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)

@@ -188,9 +188,14 @@ class Experiment:
         self._stopping = True
         self._kill_request.set()
 
-    def shutdown(self, timeout: float | None = None) -> None:
+    def shutdown(self, timeout: float | None = None, wait: bool = True) -> None:
         """Kill children cleanly, persist, leave the run resumable; waits for the engine."""
         self.post(Event(ev.SHUTDOWN))
+        if wait:
+            self.join(timeout)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for a shutdown begun with `shutdown(wait=False)`."""
         self._threads[0].join(timeout)
         self._kill_request.set()
         for thread in self._threads[1:]:

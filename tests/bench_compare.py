@@ -8,21 +8,19 @@ import dataclasses
 import functools
 import importlib.metadata
 import json
-import os
 import platform
 import random
 import shlex
-import shutil
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bench_core
 import psutil
 from bench_core import (
     PY,
@@ -126,19 +124,9 @@ def versions() -> str:
             + f", SQLite {sqlite3.sqlite_version}")
 
 
-@contextlib.contextmanager
-def context() -> Iterator[Ctx]:
-    """A temp root and a clean environment; every daemon and process under it is killed."""
-    root = Path(tempfile.mkdtemp(prefix="mlsm-bench-compare-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLSM_", "FAKE_"))}
-    ctx = Ctx(root, Sizes(), {**env, **OFFLINE})
-    try:
-        yield ctx
-    finally:
-        for proc in ctx.daemons:
-            terminate(proc, 30)
-        reap(root)
-        shutil.rmtree(root, ignore_errors=True)
+def context() -> contextlib.AbstractContextManager[Ctx]:
+    """bench_core's context with the offline settings of the logging libraries."""
+    return bench_core.context(Sizes(), OFFLINE, prefix="mlsm-bench-compare-")
 
 
 def tree(d: Path, key: str) -> list[int] | None:

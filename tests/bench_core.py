@@ -309,10 +309,12 @@ def proc_count() -> int:
 
 
 @contextlib.contextmanager
-def context(sizes: Sizes) -> Iterator[Ctx]:
-    root = Path(tempfile.mkdtemp(prefix="mlsm-bench-core-"))
+def context(sizes: Sizes, extra_env: dict[str, str] | None = None,
+            prefix: str = "mlsm-bench-core-") -> Iterator[Ctx]:
+    """A temp root and a clean environment; every daemon and process under it is killed."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLSM_", "FAKE_"))}
-    ctx = Ctx(root, sizes, env)
+    ctx = Ctx(root, sizes, {**env, **(extra_env or {})})
     try:
         yield ctx
     finally:

@@ -44,6 +44,8 @@ def test_training_survives_a_daemon_kill_and_is_reattached(exp: Experiment) -> N
     daemon = exp.mlsm("watch", "--max-iterations", "1", FAKE_TRAIN_BODY=COUNTED_TRAIN)
     exp.wait_state("training")
     pid = wait_for(lambda: (exp.status().get("training") or {}).get("pid"), what="training")
+    # Wait until it really runs: killed before its "go", the shim would rightly never start it.
+    wait_for(lambda: _launches(exp)["1"] == 1, what="the training to start")
     started_at = exp.status()["started_at"]
     daemon.proc.kill()
     daemon.wait()
@@ -66,6 +68,7 @@ def test_training_that_ended_while_down_is_picked_up(exp: Experiment) -> None:
     daemon = exp.mlsm("watch", "--max-iterations", "1", FAKE_TRAIN_BODY=COUNTED_TRAIN)
     exp.wait_state("training")
     pid = wait_for(lambda: (exp.status().get("training") or {}).get("pid"), what="training")
+    wait_for(lambda: _launches(exp)["1"] == 1, what="the training to start")
     daemon.proc.kill()
     daemon.wait()
     (exp.path / "hold_training").unlink()
