@@ -26,7 +26,7 @@ from mlsm.handlers.agents import get_backend
 from mlsm.handlers.agents.base import AgentBackend, AgentOutcome, Role, check_product, read_decision
 from mlsm.handlers.inputs import file_signature, read_text_file
 from mlsm.handlers.lifecycle import run_hooks
-from mlsm.handlers.prompting import history_markdown
+from mlsm.handlers.prompting import history_markdown, instructions
 from mlsm.handlers.training import TrainingRun, read_exit, write_kill_note
 from mlsm.machine import events as ev
 from mlsm.machine import procs
@@ -44,6 +44,7 @@ from mlsm.machine.store import (
     parse_iso,
     read_status,
     remove_stray_temps,
+    write_atomic,
     write_json_atomic,
     write_status,
 )
@@ -156,9 +157,11 @@ class Experiment:
         return self._backend
 
     def _write_config(self) -> None:
+        """The resolved config and the agent instructions, for agents and `mlsm watchdog`."""
         doc = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "sources"}
         with contextlib.suppress(OSError):
             write_json_atomic(self.dir / ".mlsm" / "config.json", doc)
+            write_atomic(self.dir / ".mlsm" / "instructions.md", instructions().encode())
 
     def _state_defs(self) -> list[dict[str, Any]]:
         enter = {

@@ -64,6 +64,7 @@ def main() -> int:
     it = int(os.environ["MLSM_ITERATION"])
     print(f"fake agent role={role} iteration={it} pid={os.getpid()}", flush=True)
     assert Path(os.environ["MLSM_PROMPT_FILE"]).is_file()
+    assert "Ground rules" in Path(os.environ["MLSM_INSTRUCTIONS_FILE"]).read_text()
     with (exp / "agent_calls.log").open("a") as fh:
         fh.write(f"{role} {it}\n")
     if (exp / f"hang_{role}").exists():

@@ -22,6 +22,7 @@ def step_env(step: AgentStep, base: dict[str, str]) -> dict[str, str]:
         MLSM_RUN_DIR=str(step.run_dir),
         MLSM_PROMPT_FILE=str(step.prompt_file),
         MLSM_PRODUCT=str(step.product),
+        MLSM_INSTRUCTIONS_FILE=str(step.exp_dir / ".mlsm" / "instructions.md"),
     )
     return env
 
