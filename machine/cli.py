@@ -125,6 +125,24 @@ def resume(dirs: tuple[Path, ...]) -> None:
         click.echo(f"{d}: STOP removed")
 
 
+@cli.command()
+@click.argument("dirs", nargs=-1, required=True, type=DIR_ARG)
+def retry(dirs: tuple[Path, ...]) -> None:
+    """Send a FAILED run back to the step that failed (fresh attempts, history kept).
+
+    Fix the cause first (the error is in `mlsm status`); no daemon may be running on DIR.
+    """
+    from mlsm.machine.engine import retry_failed
+
+    for d in dirs:
+        _require_dir(d)
+        try:
+            state = retry_failed(d)
+        except MlsmError as exc:
+            fail(exc)
+        click.echo(f"{d}: back to {state.upper()}; continue with `mlsm run {d}` or `mlsm watch`")
+
+
 def _require_dir(d: Path) -> None:
     if not d.is_dir():
         fail(MlsmError(f"{d} is not a directory"))

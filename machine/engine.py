@@ -31,7 +31,7 @@ from mlsm.handlers.training import TrainingRun, read_exit, write_kill_note
 from mlsm.machine import events as ev
 from mlsm.machine import procs
 from mlsm.machine.config import Config
-from mlsm.machine.errors import LockedError
+from mlsm.machine.errors import InputError, LockedError
 from mlsm.machine.events import Event
 from mlsm.machine.journal import make_logger
 from mlsm.machine.procs import ProcRecord
@@ -68,6 +68,24 @@ class _Model:
         if name.startswith("left_"):
             return lambda *_: self._engine.status.get("previous_state") == name[5:]
         raise AttributeError(name)
+
+
+def retry_failed(exp_dir: Path) -> str:
+    """Send a FAILED run back to the state that failed, attempts reset; no daemon may run."""
+    lock = acquire_lock(exp_dir)
+    try:
+        status = read_status(exp_dir)
+        if status is None or status["state"] != State.FAILED:
+            state = "not started" if status is None else status["state"]
+            raise InputError(f"{exp_dir} is not FAILED ({state}): only a failed run can be retried")
+        target = status.get("failed_state") or State.PLANNING.value
+        status.update(state=target, error=None, step_attempt=0, agent=None, training=None,
+                      failures=0, entered_at=now_iso())
+        status["seq"] = int(status.get("seq", 0)) + 1
+        write_status(exp_dir, status)
+        return str(target)
+    finally:
+        lock.close()
 
 
 def acquire_lock(exp_dir: Path) -> IO[str]:
@@ -426,6 +444,8 @@ class Experiment:
         self.status["entered_at"] = now_iso()
         if dest == State.STOPPED:
             self.status["previous_state"] = src
+        if dest == State.FAILED:
+            self.status["failed_state"] = src  # where `mlsm retry` sends the run back
         elif src == State.STOPPED:
             self.status["previous_state"] = None
         if dest != src:

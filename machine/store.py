@@ -40,7 +40,7 @@ def new_status(max_iterations: int) -> dict[str, Any]:
         "entered_at": now_iso(), "max_iterations": max_iterations, "best": None,
         "training": None, "agent": None, "step_attempt": 0, "cost_usd": 0.0,
         "failures": 0, "since_best": 0, "history": [], "stop_reason": None, "error": None,
-        "waiting_for": None,
+        "waiting_for": None, "failed_state": None,
         "daemon_pid": None,
     }
 

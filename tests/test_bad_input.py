@@ -160,3 +160,19 @@ def test_agent_with_a_silent_transcript_counts_as_hung(exp: Experiment) -> None:
     assert run.wait() == 1
     error = exp.status()["error"]
     assert "wrote nothing for" in error and "--agent-idle-timeout 0.5s" in error
+
+
+def test_retry_sends_a_failed_run_back_to_its_step(exp: Experiment) -> None:
+    from helpers import Mlsm
+
+    exp.write("IDEA.md", "x")
+    assert exp.mlsm("run", "--agent-retries", "0", FAKE_FAIL_ROLE="analyze").wait() == 1
+    assert exp.status()["failed_state"] == "analyzing"
+    not_failed = Mlsm(["retry", str(exp.path)], exp.path.parent, exp.env)
+    assert not_failed.wait() == 0, not_failed.output()
+    assert "back to ANALYZING" in not_failed.output()
+    assert exp.mlsm("run", "--max-iterations", "1").wait() == 0
+    status = exp.status()
+    assert status["state"] == "done" and len(status["history"]) == 1  # nothing re-trained
+    again = Mlsm(["retry", str(exp.path)], exp.path.parent, exp.env)
+    assert again.wait() == 3 and "is not FAILED (done)" in again.output()
