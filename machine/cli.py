@@ -16,7 +16,8 @@ DIR_ARG = click.Path(file_okay=False, path_type=Path)
 
 
 def _option(opt: Option) -> Callable[[Any], Any]:
-    help_text = f"{opt.help} [env {opt.env}; default {opt.default!r}]"
+    default = "" if opt.default in (None, ()) else f"; default {opt.default!r}"
+    help_text = f"{opt.help} [env {opt.env}{default}]"
     if opt.kind == "bool":
         return click.option(f"{opt.flag}/--no-{opt.flag[2:]}", opt.name, default=None,
                             help=help_text)
