@@ -103,6 +103,7 @@ class TrainingRun:
         self.rec: ProcRecord | None = None
         self.started_wall: float | None = None
         self._abandon = threading.Event()
+        self.killing = False
 
     def spawn(self) -> ProcRecord:
         """Prepare the run folder and start the shim; it waits for `release` before training."""
@@ -196,6 +197,7 @@ class TrainingRun:
     def kill(self, reason: str, detail: str, seconds: float | None = None) -> None:
         """Record why, dump stacks (SIGUSR1) when stale, then kill the whole tree."""
         assert self.rec is not None
+        self.killing = True
         write_kill_note(self.run_dir, reason, detail, seconds)
         if reason == "stale_heartbeat" and procs.signal_main(self.rec, signal.SIGUSR1):
             self._abandon.wait(USR1_PAUSE_S)

@@ -407,7 +407,8 @@ class Experiment:
         reason = f"the wall-time budget of {self.config.max_hours:g} h (--max-hours) is spent"
         if state == State.TRAINING:
             run = self.current
-            if isinstance(run, TrainingRun) and run.rec is not None and not run.stopping():
+            if isinstance(run, TrainingRun) and run.rec is not None and not run.killing \
+                    and not run.stopping():
                 self.log.warning("budget_spent", detail=reason)
                 threading.Thread(target=run.kill, args=("max_hours", reason), daemon=True).start()
             return
@@ -444,15 +445,15 @@ class Experiment:
         self.status["entered_at"] = now_iso()
         if dest == State.STOPPED:
             self.status["previous_state"] = src
-        if dest == State.FAILED:
-            self.status["failed_state"] = src  # where `mlsm retry` sends the run back
         elif src == State.STOPPED:
             self.status["previous_state"] = None
+        if dest == State.FAILED:
+            self.status["failed_state"] = src  # where `mlsm retry` sends the run back
         if dest != src:
             self.status["step_attempt"] = 0
-        # The iteration moves with the transition itself, so one persist records both.
         if src == State.TRAINING and dest != src and self.slots is not None:
             self.slots.release(self)
+        # The iteration moves with the transition itself, so one persist records both.
         if event.event.name == "planned":
             self.status["iteration"] = 1  # iteration 1 is the first CODING → TRAINING → ANALYZING
         elif event.event.name == "iterate":
