@@ -20,7 +20,7 @@ from mlsm.machine.config import Config
 from mlsm.machine.events import EXITED, Event
 from mlsm.machine.procs import ProcRecord
 from mlsm.machine.sentinel import HeartbeatWatch, Verdict, output_size, read_heartbeat
-from mlsm.machine.store import write_json_atomic
+from mlsm.machine.store import read_json_object, write_json_atomic
 
 ATTEMPT_FILES = (
     "train.py", "stdout.log", "stderr.log", "exit.json", "kill.json", "heartbeat.json",
@@ -52,11 +52,7 @@ def set_aside_attempt(run_dir: Path) -> Path | None:
 
 def read_exit(run_dir: Path) -> dict[str, Any] | None:
     """exit.json, or None when absent or unreadable."""
-    try:
-        doc = json.loads((run_dir / "exit.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
+    return read_json_object(run_dir / "exit.json")
 
 
 def write_kill_note(run_dir: Path, reason: str, detail: str, seconds: float | None = None) -> None:
@@ -73,9 +69,7 @@ def finalize_exit(run_dir: Path, started: float | None, fallback_reason: str) ->
     record = read_exit(run_dir)
     if record is not None:
         return record
-    note: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        note = json.loads((run_dir / "kill.json").read_text(encoding="utf-8"))
+    note = read_json_object(run_dir / "kill.json") or {}
     now = time.time()
     record = {
         "returncode": None, "signal": "SIGKILL" if note else None,

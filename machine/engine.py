@@ -7,7 +7,6 @@ import dataclasses
 import errno
 import fcntl
 import functools
-import json
 import math
 import os
 import queue
@@ -42,6 +41,7 @@ from mlsm.machine.store import (
     new_status,
     now_iso,
     parse_iso,
+    read_json_object,
     read_status,
     remove_stray_temps,
     write_atomic,
@@ -701,8 +701,8 @@ class Experiment:
             "duration_s": exit_record.get("duration_s"), "metric": None, "value": None,
             "goal": None,
         }
-        result = _read_json(run_dir / "result.json")
-        metrics = result.get("metrics") if isinstance(result, dict) else None
+        result = read_json_object(run_dir / "result.json") or {}
+        metrics = result.get("metrics")
         if isinstance(metrics, dict) and metrics:
             name = self.config.objective or result.get("objective") or next(iter(metrics))
             value = metrics.get(name)
@@ -842,10 +842,3 @@ class Experiment:
         self._sink.close()
         if self._lock_fh is not None:
             self._lock_fh.close()
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None

@@ -9,14 +9,7 @@ from typing import Any
 
 from mlsm.machine.errors import ExitCode, InputError
 from mlsm.machine.procs import ProcRecord, same_process
-from mlsm.machine.store import parse_iso, read_status
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+from mlsm.machine.store import parse_iso, read_json_object, read_status
 
 
 def _last_line(path: Path, limit: int = 8192) -> Any:
@@ -73,7 +66,7 @@ def snapshot(exp_dir: Path, now: float | None = None) -> dict[str, Any]:
 def _training_progress(exp_dir: Path, status: dict[str, Any], now: float) -> dict[str, Any]:
     it = status.get("iteration") or 0
     run_dir = exp_dir / "logs" / f"iter_{it:03d}"
-    beat = _read_json(run_dir / "heartbeat.json")
+    beat = read_json_object(run_dir / "heartbeat.json")
     last = _last_line(run_dir / "metrics.jsonl")
     out: dict[str, Any] = {"heartbeat_age_s": None, "step": None, "total_steps": None,
                            "eta_s": None, "latest_metrics": None}

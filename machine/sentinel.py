@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from mlsm.machine.store import read_json_object
 
 NO_BEATS_HINT = (
     "training has not written a heartbeat; falling back to log growth. Add "
@@ -88,11 +89,7 @@ class HeartbeatWatch:
 
 def read_heartbeat(run_dir: Path) -> dict[str, Any] | None:
     """The heartbeat document, or None when absent or mid-replace (never raises)."""
-    try:
-        doc = json.loads((run_dir / "heartbeat.json").read_bytes())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
+    return read_json_object(run_dir / "heartbeat.json")
 
 
 def output_size(run_dir: Path) -> int:

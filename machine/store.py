@@ -69,6 +69,15 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(dfd)
 
 
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object file, or None when absent, unreadable, torn, or not an object."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Every JSON object line of a file; torn, blank or non-JSON lines are skipped."""
     try:
