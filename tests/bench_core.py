@@ -69,8 +69,9 @@ for i in range(8):
     f.unlink()
 (d / "pids.tmp").write_text(" ".join(map(str, [os.getpid(), *(k.pid for k in kids), *grand])))
 os.replace(d / "pids.tmp", d / "pids.txt")
+import signal
 while True:
-    time.sleep(3600)
+    signal.pause()
 """
 
 # Beats for 0.2-0.5 s, says so in `quiet`, then hangs with a child until killed.
@@ -87,8 +88,9 @@ while time.monotonic() < end:
     i += 1
     time.sleep(0.005)
 (run / "quiet").write_text("1")
+import signal
 while True:
-    time.sleep(3600)
+    signal.pause()
 """
 
 # As in tests/test_crash.py: every launch is counted in launches.log.

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 TRAIN = '''\
@@ -25,7 +24,7 @@ for i in range(3):
 hooks.result(loss=1.0 / ({it} + 1), goal="minimize")
 print("done iteration {it}")
 '''
-SLEEPER = "import time\nwhile True: time.sleep(60)"
+SLEEPER = "import signal\nwhile True: signal.pause()"
 
 
 def hang(exp: Path, role: str) -> None:
@@ -33,12 +32,12 @@ def hang(exp: Path, role: str) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     child = subprocess.Popen([sys.executable, "-c",
                               f"import subprocess,sys,time; subprocess.Popen([sys.executable,"
-                              f"'-c',{SLEEPER!r}]); time.sleep(3600)"])
+                              f"'-c',{SLEEPER!r}]); import signal; signal.pause()"])
     tmp = exp / f".hung_{role}.tmp"
     tmp.write_text(f"{os.getpid()} {child.pid}")
     tmp.rename(exp / f"hung_{role}.pid")  # atomic: a reader never sees it half-written
     while True:
-        time.sleep(3600)
+        signal.pause()
 
 
 def write_product(role: str, exp: Path, run_dir: Path, it: int) -> None:

@@ -97,7 +97,7 @@ def test_orphaned_agent_is_killed_and_its_step_retried(exp: Experiment) -> None:
 
 
 def test_after_a_reboot_recorded_processes_are_gone(exp: Experiment) -> None:
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    bystander = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     try:
         exp.write("IDEA.md", "x")
         exp.write("PLAN.md", "# plan\n")

@@ -24,7 +24,9 @@ while True:
     if marker.exists():
         break
     time.sleep(0.02)
-time.sleep(3600)
+import signal
+while True:
+    signal.pause()
 '''
 
 
@@ -54,7 +56,7 @@ def test_stale_heartbeat_is_killed_in_time_with_a_stack_dump(exp: Experiment) ->
 def test_printing_without_heartbeats_falls_back_to_output_growth(exp: Experiment) -> None:
     exp.write("IDEA.md", "x")
     exp.write("train.py", "import time\nfor i in range(25):\n    print('step', i, flush=True)\n"
-                          "    time.sleep(0.1)\ntime.sleep(3600)\n")
+                          "    time.sleep(0.1)\nimport signal\nsignal.pause()\n")
     run = exp.mlsm("run", "--startup-grace", "0.5", "--output-timeout", "1.5", **FAST_BEATS)
     assert run.wait() == 0
     record = _exit(exp)
@@ -146,7 +148,7 @@ def test_watchdog_kills_hung_training_of_a_dead_daemon(exp: Experiment) -> None:
 
 
 def test_watchdog_never_kills_a_recycled_pid(exp: Experiment, tmp_path: Path) -> None:
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    bystander = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     try:
         status = store.new_status(3)
         status.update(state="training", iteration=1, started_at=store.now_iso())

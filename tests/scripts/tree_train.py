@@ -15,7 +15,7 @@ from mlsm import hooks
 PIDS = Path(os.environ["MLSM_DIR"]) / "pids"
 PIDS.mkdir(exist_ok=True)
 RECORD = "import os, sys; open(sys.argv[1], 'w').write(str(os.getpid()))\n"
-SLEEP = RECORD + "import time\nwhile True: time.sleep(60)\n"
+SLEEP = RECORD + "import signal\nwhile True: signal.pause()\n"
 IGNORE = RECORD + "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + SLEEP
 PARENT = (RECORD + "import subprocess\nsubprocess.Popen([sys.executable, '-c', {code!r}, "
           "sys.argv[2]])\n")
@@ -25,7 +25,7 @@ def spawn(name: str, code: str, *extra: str, **kw: bool) -> None:
     subprocess.Popen([sys.executable, "-c", code, str(PIDS / name), *map(str, extra)], **kw)
 
 
-spawn("child", PARENT.format(code=SLEEP) + "import time\ntime.sleep(3600)\n",
+spawn("child", PARENT.format(code=SLEEP) + "import signal\nsignal.pause()\n",
       PIDS / "grandchild")
 spawn("setsid_grandchild", PARENT.format(code=SLEEP).replace("])", "], start_new_session=True)"),
       PIDS / "setsid")
