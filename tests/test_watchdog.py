@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from helpers import Experiment, Mlsm, gone, wait_for
 
 from mlsm.machine import procs, store
+from mlsm.machine.store import read_json_object
 
 FAST_BEATS = {"MLSM_HEARTBEAT_INTERVAL": "0.05", "FAKE_DECISION": "finish"}
 BEAT_UNTIL_MARKER = '''\
@@ -68,10 +70,20 @@ def test_printing_without_heartbeats_falls_back_to_output_growth(exp: Experiment
 
 def test_expect_next_within_is_honoured(exp: Experiment) -> None:
     exp.write("IDEA.md", "x")
-    exp.write("train.py", "import time\nfrom mlsm import hooks\nhooks.heartbeat(1)\n"
-                          "hooks.heartbeat(2, expect_next_within=10)\ntime.sleep(2.5)\n"
+    exp.write("train.py", "import os, time\nfrom pathlib import Path\nfrom mlsm import hooks\n"
+                          "hooks.heartbeat(1)\nhooks.heartbeat(2, expect_next_within=10)\n"
+                          "done = Path(os.environ['MLSM_DIR']) / 'slow_phase_over'\n"
+                          "while not done.exists():\n    time.sleep(0.01)\n"
                           "hooks.heartbeat(3)\nhooks.result(loss=0.5)\n")
     run = exp.mlsm("run", "--heartbeat-timeout", "1", **FAST_BEATS)
+    beat_file = exp.path / "logs" / "iter_001" / "heartbeat.json"
+
+    def silent_past_timeout() -> bool:
+        beat = read_json_object(beat_file) or {}
+        return beat.get("expect_next_within") == 10 and time.time() - beat["t"] > 2.0
+    wait_for(silent_past_timeout, 20, "twice the heartbeat timeout without a beat")
+    assert exp.state() == "training"  # still alive: expect_next_within holds the sentinel off
+    exp.write("slow_phase_over", "")
     assert run.wait() == 0
     record = _exit(exp)
     assert record["reason"] == "exited" and record["returncode"] == 0
