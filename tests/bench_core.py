@@ -25,15 +25,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+import helpers  # the tests' helpers: this script lives beside them in tests/
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_AGENT = REPO / "tests" / "fake_agent.py"
 TREE_TRAIN = REPO / "tests" / "scripts" / "tree_train.py"
 PY = sys.executable
-T = TypeVar("T")
 
 # The agent of measurement 1: it stamps its own start, then sleeps (the run stays in planning).
 STAMP_AGENT = 'date +%s.%N > "$MLSM_RUN_DIR/started"; exec sleep 3600'
@@ -142,17 +142,10 @@ class Row:
 
 
 # ----- small tools ----------------------------------------------------------------------
-def wait_for(pred: Callable[[], T | None], timeout: float, what: str,
-             interval: float = 0.001) -> T:
-    """Poll `pred` until it returns a truthy value; TimeoutError names what we waited for."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.001) -> Any:
+    """The tests' deadline wait (its timeout is a TimeoutError), polling every millisecond by
+    default: latencies here are measured in milliseconds."""
+    return helpers.wait_for(pred, timeout, what, interval)
 
 
 def running(pid: int) -> bool:

@@ -21,7 +21,12 @@ FAKE_AGENT = REPO / "tests" / "fake_agent.py"
 AGENT_CMD = f"{sys.executable} {FAKE_AGENT}"
 
 
-def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+class WaitTimeout(AssertionError, TimeoutError):
+    """A deadline passed: a failed assertion in tests, a TimeoutError for the benchmarks."""
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition",
+             interval: float = 0.01) -> Any:
     """Poll `pred` until truthy or the deadline passes (then fail, saying what we waited for)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -29,8 +34,8 @@ def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condit
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
+            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
 
 
 def read_status(d: Path) -> dict[str, Any]:
