@@ -470,6 +470,14 @@ def _daemon_cli_missing() -> bool:
     return importlib.util.find_spec("mlsm.machine.cli") is None
 
 
+def new_experiment(tmp_path: Path) -> Path:
+    """An experiment directory holding only IDEA.md."""
+    exp_dir = tmp_path / "exp"
+    exp_dir.mkdir()
+    (exp_dir / "IDEA.md").write_text("Halve the loss of a tiny model.\n")
+    return exp_dir
+
+
 def run_mlsm(exp_dir: Path, claude_bin: str, env: dict[str, str], *flags: str) -> int:
     argv = [sys.executable, "-m", "mlsm.machine.cli", "run", str(exp_dir), "--agent", "claude",
             "--claude-bin", claude_bin, "--grace", "2", *flags]
@@ -491,9 +499,7 @@ def roles_requested(fake: Any) -> list[str]:
 def test_mlsm_run_end_to_end_with_the_real_cli(
         tmp_path: Path, claude_bin: str, fake: Any, cli_env: dict[str, str]) -> None:
     fake.script = fa.research()
-    exp_dir = tmp_path / "exp"
-    exp_dir.mkdir()
-    (exp_dir / "IDEA.md").write_text("Halve the loss of a tiny model.\n")
+    exp_dir = new_experiment(tmp_path)
     rc = run_mlsm(exp_dir, claude_bin, cli_env, "--max-iterations", "2")
     log = (tmp_path / "mlsm-run.log").read_text(errors="replace")[-3000:]
     assert rc == 0, log
@@ -514,9 +520,7 @@ def test_mlsm_run_end_to_end_with_the_real_cli(
 def test_mlsm_run_goes_to_reporting_when_the_cost_budget_is_spent(
         tmp_path: Path, claude_bin: str, fake: Any, cli_env: dict[str, str]) -> None:
     fake.script = fa.research()
-    exp_dir = tmp_path / "exp"
-    exp_dir.mkdir()
-    (exp_dir / "IDEA.md").write_text("Halve the loss of a tiny model.\n")
+    exp_dir = new_experiment(tmp_path)
     # Each fake request costs about $0.01, so the plan step alone spends the budget.
     rc = run_mlsm(exp_dir, claude_bin, cli_env, "--max-iterations", "5",
                   "--max-cost-usd", "0.015")
@@ -546,9 +550,7 @@ def _overloaded_first(n: int, inner: Any) -> Any:
 def test_mlsm_run_backs_off_and_retries_an_overloaded_api(
         tmp_path: Path, claude_bin: str, fake: Any, cli_env: dict[str, str]) -> None:
     fake.script = _overloaded_first(4, fa.research(finish_at=1))
-    exp_dir = tmp_path / "exp"
-    exp_dir.mkdir()
-    (exp_dir / "IDEA.md").write_text("Halve the loss of a tiny model.\n")
+    exp_dir = new_experiment(tmp_path)
     rc = run_mlsm(exp_dir, claude_bin, cli_env, "--max-iterations", "1",
                   "--agent-retries", "4", "--retry-backoff", "0.05")
     assert rc == 0, (tmp_path / "mlsm-run.log").read_text(errors="replace")[-3000:]
@@ -564,9 +566,7 @@ def test_mlsm_run_backs_off_and_retries_an_overloaded_api(
 def test_mlsm_run_fails_with_the_clis_message_when_overload_persists(
         tmp_path: Path, claude_bin: str, fake: Any, cli_env: dict[str, str]) -> None:
     fake.script = _overloaded_first(10**6, fa.research())
-    exp_dir = tmp_path / "exp"
-    exp_dir.mkdir()
-    (exp_dir / "IDEA.md").write_text("Halve the loss of a tiny model.\n")
+    exp_dir = new_experiment(tmp_path)
     rc = run_mlsm(exp_dir, claude_bin, cli_env, "--agent-retries", "1",
                   "--retry-backoff", "0.05")
     assert rc == 1

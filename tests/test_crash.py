@@ -38,17 +38,24 @@ def _launches(exp: Experiment) -> Counter[str]:
         return Counter()
 
 
-def test_training_survives_a_daemon_kill_and_is_reattached(exp: Experiment) -> None:
+def _kill_daemon_mid_training(exp: Experiment) -> int:
+    """Start a held training, kill -9 the daemon once it really runs; the training's pid."""
     exp.write("IDEA.md", "x")
     exp.write("hold_training", "")
     daemon = exp.mlsm("watch", "--max-iterations", "1", FAKE_TRAIN_BODY=COUNTED_TRAIN)
     exp.wait_state("training")
-    pid = wait_for(lambda: (exp.status().get("training") or {}).get("pid"), what="training")
+    pid: int = wait_for(lambda: (exp.status().get("training") or {}).get("pid"),
+                        what="training")
     # Wait until it really runs: killed before its "go", the shim would rightly never start it.
     wait_for(lambda: _launches(exp)["1"] == 1, what="the training to start")
-    started_at = exp.status()["started_at"]
-    daemon.proc.kill()
+    daemon.proc.kill()  # kill -9: no cleanup at all
     daemon.wait()
+    return pid
+
+
+def test_training_survives_a_daemon_kill_and_is_reattached(exp: Experiment) -> None:
+    pid = _kill_daemon_mid_training(exp)
+    started_at = exp.status()["started_at"]
     assert not gone(pid)
     second = exp.mlsm("watch", "--max-iterations", "1", FAKE_TRAIN_BODY=COUNTED_TRAIN)
     wait_for(lambda: "training_reattached" in exp.runner_log(), what="re-attach")
@@ -63,14 +70,7 @@ def test_training_survives_a_daemon_kill_and_is_reattached(exp: Experiment) -> N
 
 
 def test_training_that_ended_while_down_is_picked_up(exp: Experiment) -> None:
-    exp.write("IDEA.md", "x")
-    exp.write("hold_training", "")
-    daemon = exp.mlsm("watch", "--max-iterations", "1", FAKE_TRAIN_BODY=COUNTED_TRAIN)
-    exp.wait_state("training")
-    pid = wait_for(lambda: (exp.status().get("training") or {}).get("pid"), what="training")
-    wait_for(lambda: _launches(exp)["1"] == 1, what="the training to start")
-    daemon.proc.kill()
-    daemon.wait()
+    pid = _kill_daemon_mid_training(exp)
     (exp.path / "hold_training").unlink()
     wait_for(lambda: gone(pid), what="training to end on its own")
     assert exp.mlsm("run", "--max-iterations", "1", FAKE_TRAIN_BODY=COUNTED_TRAIN).wait() == 0
