@@ -9,6 +9,8 @@ import os
 import sys
 import time
 from _thread import RLock
+from itertools import chain
+from operator import add, eq, itemgetter
 
 from . import _io
 from ._space import (
@@ -60,6 +62,7 @@ _TB = False
 _on = False
 _next_beat = math.inf
 _next_flush = math.inf
+_due = math.inf  # min(_next_beat, _next_flush): log() compares the clock with one number
 _buf: list[tuple[Any, float, dict[str, Any]]] = []
 _seq = 0
 _step: Any = None
@@ -67,6 +70,7 @@ _total: int | None = None
 _lock = RLock()
 _metrics: _io.Appender | None = None
 _mirror: Mirror | None = None
+_FLOAT = {float}
 _formats: dict[tuple[str, ...], str] = {}  # metrics.jsonl line template per key set
 
 
@@ -126,6 +130,12 @@ def log(step: int | None = None, *, total_steps: int | None = None, **metrics: f
             break
     now = _monotonic()
     _buf.append((step, now, metrics))
+    if now >= _due or len(_buf) >= _MAX_ROWS:
+        _tick(step, now)
+
+
+def _tick(step: Any, now: float) -> None:
+    """log()'s rare branch: a flush or a heartbeat is due, or the buffer is full."""
     if now >= _next_flush or len(_buf) >= _MAX_ROWS:
         flush()
     if now >= _next_beat:
@@ -134,9 +144,10 @@ def log(step: int | None = None, *, total_steps: int | None = None, **metrics: f
 
 def flush() -> None:
     """Write the buffered metrics to metrics.jsonl (and the TensorBoard mirror) now."""
-    global _next_flush
+    global _next_flush, _due
     with _lock:
         _next_flush = _monotonic() + _FLUSH_EVERY
+        _due = min(_next_flush, _next_beat)
         rows = _buf[:]
         del _buf[: len(rows)]  # not a new list: a row appended meanwhile by a thread stays
         if not rows or _metrics is None:
@@ -195,13 +206,14 @@ def _check_result(goal: str, objective: str | None, metrics: dict[str, Any]) -> 
 
 def _beat(step: Any, expect: float | None) -> None:
     """Write heartbeat.json (pid, seq, step, total_steps, t, expect_next_within) atomically."""
-    global _next_beat, _seq, _step
+    global _next_beat, _due, _seq, _step
     if expect is not None:
         expect = _check_expect(expect)
     if not _on:
         return
     with _lock:  # threads share one temp file name
         _next_beat = _monotonic() + _INTERVAL
+        _due = min(_next_flush, _next_beat)
         _seq += 1
         if step is not None:
             _step = step
@@ -242,27 +254,45 @@ def _scalar(value: Any) -> Any:
 
 
 def _encode(rows: list[tuple[Any, float, dict[str, Any]]], offset: float) -> str:
-    """metrics.jsonl lines for `rows`, formatted by one C-level `%` over all of them.
+    """metrics.jsonl lines for `rows`: per run of rows with the same metric names, one C-level
+    `%` over a cached template, or _row() per row where the template cannot take them.
 
-    json.dumps alone costs more than a log() call may; so plain rows (int step, all values
-    finite floats) share a cached template per key set, and the rest go through _row().
+    The per-row work stays in C (zip, map, itemgetter): json.dumps, or any Python loop over
+    the rows, costs more than a log() call may.
     """
-    formats: list[str] = []
-    args: list[Any] = []
-    last_ms, stamp = -1, ""
-    for step, mono, metrics in rows:
-        ms = int((mono + offset) * 1000)
-        if ms != last_ms:  # rows of a tight loop share a millisecond: format it once
-            last_ms, stamp = ms, f"{ms / 1000:.3f}"
-        total = sum(metrics.values()) if type(metrics) is dict else math.nan
-        if type(step) is int and total - total == 0.0:  # NaN and inf fail this test
-            keys = tuple(metrics)
-            formats.append(_formats.get(keys) or _format(keys))
-            args += (step, stamp, *metrics.values())
-        else:
-            formats.append("%s")
-            args.append(_row(step, stamp, metrics))
-    return "".join(formats) % tuple(args)
+    steps, monos, dicts = zip(*rows, strict=True)
+    stamps = list(map(offset.__add__, monos))  # buffered times are monotonic: make them unix
+    names = list(map(dict.keys, dicts))
+    same = list(map(eq, names, names[1:]))  # same[i]: rows i and i + 1 have the same names
+    parts, start = [], 0
+    while start < len(rows):
+        try:
+            end = same.index(False, start) + 1
+        except ValueError:
+            end = len(rows)
+        parts.append(_encode_run(steps[start:end], stamps[start:end], dicts[start:end]))
+        start = end
+    return "".join(parts)
+
+
+def _encode_run(steps: tuple[Any, ...], stamps: list[float],
+                dicts: tuple[dict[str, Any], ...]) -> str:
+    """Lines for rows that share their metric names; the template takes them when every value
+    is a finite float and every step formats as %d (NaN, inf, ints, tensors, odd steps: _row)."""
+    keys = tuple(dicts[0])
+    if keys:
+        values = list(map(itemgetter(*keys), dicts))
+        flat = values if len(keys) == 1 else list(chain.from_iterable(values))
+        total = sum(flat) if set(map(type, flat)) == _FLOAT else math.nan
+        if total - total == 0.0:  # all finite (an overflow to inf only costs the slow path)
+            if len(keys) == 1:
+                args = chain.from_iterable(zip(steps, stamps, values, strict=True))
+            else:  # (step, t) + (v1, v2, ..) per row
+                args = chain.from_iterable(map(add, zip(steps, stamps, strict=True), values))
+            template = _formats.get(keys) or _format(keys)
+            with contextlib.suppress(TypeError, ValueError, OverflowError):  # step None, "3", inf
+                return (template * len(steps)) % tuple(args)
+    return "".join(map(_row, steps, stamps, dicts))
 
 
 def _format(keys: tuple[str, ...]) -> str:
@@ -270,16 +300,16 @@ def _format(keys: tuple[str, ...]) -> str:
 
     quoted = [json.dumps(key).replace("%", "%%") for key in keys]
     _formats[keys] = template = (
-        '{"step": %d, "t": %s' + "".join(f", {q}: %.12g" for q in quoted) + "}\n")
+        '{"step": %d, "t": %.3f' + "".join(f", {q}: %.12g" for q in quoted) + "}\n")
     return template
 
 
-def _row(step: Any, stamp: str, metrics: dict[str, Any]) -> str:
+def _row(step: Any, stamp: float, metrics: dict[str, Any]) -> str:
     """One line for a row the template cannot take: odd step, non-finite or non-float values."""
     import json
 
     fields = "".join([f", {json.dumps(k)}: {_number(v)}" for k, v in metrics.items()])
-    return f'{{"step": {_int(step)}, "t": {stamp}{fields}}}\n'
+    return f'{{"step": {_int(step)}, "t": {stamp:.3f}{fields}}}\n'
 
 
 def _number(value: Any) -> str:
@@ -403,10 +433,11 @@ def _configure() -> None:
 
 def _reset() -> None:
     """Fresh state for this process: a forked child must not write the rows its parent logged."""
-    global _on, _next_beat, _next_flush, _buf, _lock, _metrics, _mirror
+    global _on, _next_beat, _next_flush, _due, _buf, _lock, _metrics, _mirror
     _on = _RUN_DIR is not None
     _next_beat = 0.0 if _on else math.inf  # the first beat writes at once
     _next_flush = _monotonic() + _FLUSH_EVERY if _on else math.inf
+    _due = min(_next_beat, _next_flush)
     _buf = []
     _lock = RLock()  # another thread may have held the parent's at fork time
     _metrics = _io.Appender(_path("metrics.jsonl")) if _on else None

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_core
+import bench_hooks
 import psutil
 from bench_core import (
     PY,
@@ -93,8 +94,8 @@ class Logger:
 
 
 LOGGERS = (
-    Logger("hooks", "mlsm `hooks.log(step=i, loss=x)`", "mlsm", 10_000, 50, 500, 30),
-    Logger("jsonl", "plain JSON lines `f.write(json.dumps(...))`", "", 10_000, 50, 500, 30),
+    Logger("hooks", "mlsm `hooks.log(step=i, loss=x)`", "mlsm", 10_000, 50, 200, 150),
+    Logger("jsonl", "plain JSON lines `f.write(json.dumps(...))`", "", 10_000, 50, 200, 60),
     Logger("tensorboard", "TensorBoard `SummaryWriter.add_scalar`", "tensorboard",
            1_000, 30, 200, 20),
     Logger("wandb", "W&B `wandb.log` (offline)", "wandb", 200, 20, 200, 10),
@@ -249,7 +250,7 @@ def train_rows(results: dict[str, dict[str, Any]]) -> list[str]:
         if why:
             out.append(f"| {lg.label} | — | — | — | {why} | — | — |")
             continue
-        slow = [b / w - 1 for b, w in zip(doc["base"], doc["log"], strict=True)]
+        slow = bench_hooks.slowdowns(doc)
         step_us = 1e6 / p50(doc["log"])
         out.append(f"| {lg.label} | {len(slow)} x {lg.steps} | {p50(doc['base']):,.0f} | "
                    f"{p50(doc['log']):,.0f} | {p50(slow) * 100:+.1f} % | {p99(slow) * 100:+.1f} %"
@@ -265,7 +266,7 @@ def logger_verdicts(results: dict[str, dict[str, Any]]) -> list[str]:
         return ["hooks.log or every library failed: no ratio"]
     cheapest = min(libs, key=lambda k: libs[k])
     ratio = libs[cheapest] / p50(hooks["per_call"])
-    slow = p50([b / w - 1 for b, w in zip(hooks["base"], hooks["log"], strict=True)]) * 100
+    slow = p50(bench_hooks.slowdowns(hooks)) * 100
     direct = hooks["inside_us"] / (1e6 / p50(hooks["log"])) * 100
     return [f"- cheapest library per call: {cheapest}, {libs[cheapest]:,.2f} µs; hooks.log is "
             f"**{ratio:,.1f}x cheaper** (target ≥ 20x): {verdict(ratio >= 20)}",

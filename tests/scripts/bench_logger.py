@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 Loop = Callable[[int], None]  # makes n logging calls
-Step = Callable[[int, float], None]  # logs one value from the training loop
+Step = Callable[..., object]  # logs one value: log(step, value), or hooks.log(step=, loss=)
 Setup = tuple[Loop, Step, Callable[[], None]]  # ... and a close/flush at the end
 BATCHED = 100  # metrics per log_batch call in the buffered MLflow variant
 
@@ -35,8 +35,8 @@ def setup_hooks(tmp: Path, values: list[float]) -> Setup:
     # MLSM_RUN_DIR is set by the parent: hooks read their configuration at import.
     from mlsm import hooks
 
-    log = hooks.log
-    return bench_hooks().log_loop(hooks, values), lambda s, v: log(step=s, loss=v), hooks.flush
+    # hooks.log itself: train() calls it as log(step=s, loss=v), with no wrapper to pay for
+    return bench_hooks().log_loop(hooks, values), hooks.log, hooks.flush
 
 
 def setup_jsonl(tmp: Path, values: list[float]) -> Setup:
@@ -129,43 +129,6 @@ SETUPS: dict[str, tuple[str, Callable[[Path, list[float]], Setup]]] = {
 }
 
 
-def train(log_step: Step, steps: int, rounds: int) -> dict[str, Any]:
-    """Rounds of a tiny MLP (64-64-1, batch 32, 1 thread) without and with logging every step,
-    the order alternating; loss.item() runs in both, so only the logger differs."""
-    import torch
-
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
-    x, y, clock = torch.randn(32, 64), torch.randn(32, 1), time.perf_counter
-
-    def run(logging: bool) -> tuple[float, float]:
-        start, inside = clock(), 0.0
-        for step in range(steps):
-            loss = torch.nn.functional.mse_loss(net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            value = loss.item()
-            if logging:
-                before = clock()
-                log_step(step, value)
-                inside += clock() - before
-        return steps / (clock() - start), inside
-
-    base: list[float] = []
-    logged: list[float] = []
-    inside = 0.0
-    for r in range(-1, rounds):  # round -1 warms up
-        for logging in (r % 2 == 0, r % 2 != 0):
-            rate, spent = run(logging)
-            if r >= 0:
-                (logged if logging else base).append(rate)
-                inside += spent
-    return {"base": base, "log": logged, "inside_us": inside / (rounds * steps) * 1e6}
-
-
 def measure(key: str, tmp: Path, sizes: dict[str, int]) -> dict[str, Any]:
     """Per-call samples, then the training rounds, of one contender (set up in `tmp`)."""
     package, setup = SETUPS[key]
@@ -178,7 +141,7 @@ def measure(key: str, tmp: Path, sizes: dict[str, int]) -> dict[str, Any]:
     loop, step, close = setup(tmp, values)
     doc: dict[str, Any] = {"setup_s": time.perf_counter() - t0}
     doc["per_call"] = bench_hooks().per_call(loop, sizes["calls"], sizes["batches"])
-    doc.update(train(step, sizes["steps"], sizes["rounds"]))
+    doc.update(bench_hooks().train(step, key == "hooks", sizes["steps"], sizes["rounds"]))
     t0 = time.perf_counter()
     close()
     doc["close_s"] = time.perf_counter() - t0
