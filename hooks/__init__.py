@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from _thread import RLock
-from itertools import chain
+from itertools import chain, groupby
 from operator import add, eq, itemgetter
 
 from . import _io
@@ -25,8 +25,14 @@ from ._space import (
     uniform,
 )
 
+try:
+    from . import _speedups  # the compiled fast path of log(); optional, same output
+except ImportError:  # built where no C compiler was found
+    _speedups = None
+
 TYPE_CHECKING = False  # typing costs milliseconds at import; only the type checker needs it
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from types import FrameType, ModuleType
     from typing import Any
 
@@ -57,13 +63,15 @@ _RUN_DIR: str | None = None
 _INTERVAL = 1.0
 _FLUSH_EVERY = 1.0
 _TB = False
+_COMPILED = False  # log() is the compiled Recorder's: _speedups built, MLSM_HOOKS_COMPILED != 0
 
 # Per-process state, renewed by _reset() at import and in every forked child.
 _on = False
 _next_beat = math.inf
 _next_flush = math.inf
 _due = math.inf  # min(_next_beat, _next_flush): log() compares the clock with one number
-_buf: list[tuple[Any, float, dict[str, Any]]] = []
+_buf: Any = []  # the rows: a list, or the compiled Recorder (which has append() and len())
+_rec: Any = None  # that Recorder: one per process, so a log imported before a fork still works
 _seq = 0
 _step: Any = None
 _total: int | None = None
@@ -119,6 +127,9 @@ def log(step: int | None = None, *, total_steps: int | None = None, **metrics: f
     infinities as the strings "nan", "inf", "-inf" (so `float(value)` reads every value back),
     anything else as null. Tensors are detached here and read at flush time, so logging one
     does not wait for the device each step. `total_steps` is remembered once given.
+
+    (This is the Python log(). Where mlsm's extension is built, `log` is the compiled one,
+    which keeps plain-float calls itself and hands every other call to this function.)
     """
     if not _on:
         return
@@ -134,6 +145,9 @@ def log(step: int | None = None, *, total_steps: int | None = None, **metrics: f
         _tick(step, now)
 
 
+_log_py = log  # _reset() rebinds `log` to the compiled one where it can; this one stays
+
+
 def _tick(step: Any, now: float) -> None:
     """log()'s rare branch: a flush or a heartbeat is due, or the buffer is full."""
     if now >= _next_flush or len(_buf) >= _MAX_ROWS:
@@ -144,18 +158,45 @@ def _tick(step: Any, now: float) -> None:
 
 def flush() -> None:
     """Write the buffered metrics to metrics.jsonl (and the TensorBoard mirror) now."""
-    global _next_flush, _due
+    global _next_flush
     with _lock:
         _next_flush = _monotonic() + _FLUSH_EVERY
-        _due = min(_next_flush, _next_beat)
-        rows = _buf[:]
-        del _buf[: len(rows)]  # not a new list: a row appended meanwhile by a thread stays
-        if not rows or _metrics is None:
+        _set_due()
+        if not len(_buf) or _metrics is None:
             return
         offset = time.time() - _monotonic()  # buffered times are monotonic: convert at once
+        if _rec is not None and not _TB:
+            _metrics.append("".join(_texts(_rec.drain(offset), offset)))
+            return
+        rows = _take()
         _metrics.append(_encode(rows, offset))
         if _TB:
             _mirror_rows(rows, offset)
+
+
+def _take() -> list[tuple[Any, float, dict[str, Any]]]:
+    """Every buffered row, removed from the buffer."""
+    if _rec is not None:
+        rows: list[tuple[Any, float, dict[str, Any]]] = _rec.take()
+        return rows
+    rows = _buf[:]
+    del _buf[: len(rows)]  # not a new list: a row appended meanwhile by a thread stays
+    return rows
+
+
+def _texts(parts: list[Any], offset: float) -> Iterator[str]:
+    """The compiled Recorder's drain: its lines as they are, the Python path's rows encoded."""
+    for is_text, group in groupby(parts, key=str.__instancecheck__):
+        run = list(group)
+        yield "".join(run) if is_text else _encode(run, offset)
+
+
+def _set_due() -> None:
+    """log() calls _tick() once the clock reaches the next flush or heartbeat."""
+    global _due
+    _due = min(_next_flush, _next_beat)
+    if _rec is not None:
+        _rec.due = _due
 
 
 def params(**defaults: Any) -> Params:
@@ -206,14 +247,14 @@ def _check_result(goal: str, objective: str | None, metrics: dict[str, Any]) -> 
 
 def _beat(step: Any, expect: float | None) -> None:
     """Write heartbeat.json (pid, seq, step, total_steps, t, expect_next_within) atomically."""
-    global _next_beat, _due, _seq, _step
+    global _next_beat, _seq, _step
     if expect is not None:
         expect = _check_expect(expect)
     if not _on:
         return
     with _lock:  # threads share one temp file name
         _next_beat = _monotonic() + _INTERVAL
-        _due = min(_next_flush, _next_beat)
+        _set_due()
         _seq += 1
         if step is not None:
             _step = step
@@ -237,6 +278,8 @@ def _remember_total(total_steps: Any) -> None:
         _total = int(total_steps)
     except (TypeError, ValueError):
         _io.say_once("total_steps", f"total_steps={total_steps!r} is not an integer; ignored")
+    if _rec is not None:
+        _rec.set_total(_total)
 
 
 def _scalar(value: Any) -> Any:
@@ -293,6 +336,13 @@ def _encode_run(steps: tuple[Any, ...], stamps: list[float],
             with contextlib.suppress(TypeError, ValueError, OverflowError):  # step None, "3", inf
                 return (template * len(steps)) % tuple(args)
     return "".join(map(_row, steps, stamps, dicts))
+
+
+def _quote(name: str) -> str:
+    """A metric name as a JSON string literal (ASCII: the compiled path writes it as bytes)."""
+    import json
+
+    return json.dumps(name)
 
 
 def _format(keys: tuple[str, ...]) -> str:
@@ -422,23 +472,31 @@ def _is_shim() -> bool:
 
 def _configure() -> None:
     """Read the environment once: with MLSM_RUN_DIR every hook writes there, else none does."""
-    global _RUN_DIR, _INTERVAL, _FLUSH_EVERY, _TB
+    global _RUN_DIR, _INTERVAL, _FLUSH_EVERY, _TB, _COMPILED
     raw = os.environ.get("MLSM_RUN_DIR", "")
     _RUN_DIR = os.path.abspath(raw) if raw and not _is_shim() else None  # train.py may chdir
     _INTERVAL = _seconds("MLSM_HEARTBEAT_INTERVAL", 1.0)
     _FLUSH_EVERY = _seconds("MLSM_FLUSH_INTERVAL", 1.0)
     _TB = os.environ.get("MLSM_TENSORBOARD") == "1"
+    _COMPILED = _speedups is not None and os.environ.get("MLSM_HOOKS_COMPILED") != "0"
     _reset()
 
 
 def _reset() -> None:
     """Fresh state for this process: a forked child must not write the rows its parent logged."""
-    global _on, _next_beat, _next_flush, _due, _buf, _lock, _metrics, _mirror
+    global _on, _next_beat, _next_flush, _buf, _rec, _lock, _metrics, _mirror, log
     _on = _RUN_DIR is not None
     _next_beat = 0.0 if _on else math.inf  # the first beat writes at once
     _next_flush = _monotonic() + _FLUSH_EVERY if _on else math.inf
-    _due = min(_next_beat, _next_flush)
-    _buf = []
+    if _on and _COMPILED:
+        if _rec is None:
+            _rec = _speedups.Recorder(_MAX_ROWS, _log_py, _tick, _quote)
+        _rec.clear()  # the same Recorder: a `log` the training imported before fork is its
+        _rec.set_total(_total)
+        _buf, log = _rec, _rec.log
+    else:
+        _rec, _buf, log = None, [], _log_py
+    _set_due()
     _lock = RLock()  # another thread may have held the parent's at fork time
     _metrics = _io.Appender(_path("metrics.jsonl")) if _on else None
     _mirror = None  # a SummaryWriter's thread does not survive fork

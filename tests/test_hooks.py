@@ -289,6 +289,79 @@ def test_a_forked_child_never_writes_its_parents_rows(tmp_path: Path) -> None:
     assert sorted((r["step"], r["who"]) for r in rows(tmp_path)) == [(1, 0), (2, 1), (3, 0)]
 
 
+def test_a_log_imported_before_fork_writes_only_the_childs_rows_there(tmp_path: Path) -> None:
+    code = """
+        import os
+        from mlsm.hooks import flush, log
+        log(step=1, who=0.0)
+        pid = os.fork()
+        if pid == 0:
+            log(step=2, who=1.0)
+            flush()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        log(step=3, who=0.0)
+        flush()
+    """
+    done = run_child(code, tmp_path, tmp_path, MLSM_FLUSH_INTERVAL="3600")
+    assert done.returncode == 0, done.stderr
+    assert sorted((r["step"], r["who"]) for r in rows(tmp_path)) == [(1, 0), (2, 1), (3, 0)]
+
+
+# --- the compiled path ----------------------------------------------------------------------
+
+CALLS = Path(__file__).parent / "scripts" / "hooks_calls.py"
+
+
+def test_the_compiled_path_is_built_and_used_by_default() -> None:
+    if hooks._speedups is None:
+        assert os.environ.get("MLSM_REQUIRE_SPEEDUPS") != "1", "mlsm.hooks._speedups not built"
+        pytest.skip("mlsm.hooks._speedups is not built here (no C compiler at install)")
+    done = run_child("from mlsm import hooks; print(type(hooks.log).__name__, hooks._COMPILED)",
+                     Path.cwd(), Path.cwd())
+    assert done.stdout.split() == ["builtin_function_or_method", "True"], done.stderr
+    done = run_child("from mlsm import hooks; print(hooks.log is hooks._log_py)",
+                     Path.cwd(), Path.cwd(), MLSM_HOOKS_COMPILED="0")
+    assert done.stdout.strip() == "True", done.stderr
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_compiled_and_python_paths_write_the_same_lines(tmp_path: Path, seed: int) -> None:
+    """Every shape of call (floats, NaN, ints, tensors, odd steps, bad calls, 20 metrics,
+    new total_steps, more rows than the buffer holds) through both paths, in real processes."""
+    if hooks._speedups is None:
+        pytest.skip("mlsm.hooks._speedups is not built here")
+    out = {}
+    for mode in ("0", "1"):
+        run = tmp_path / mode
+        run.mkdir()
+        started = time.time()
+        done = subprocess.run([sys.executable, str(CALLS), str(seed), "6000"], cwd=run,
+                              env=child_env(run, MLSM_HOOKS_COMPILED=mode,
+                                            MLSM_FLUSH_INTERVAL="3600"),
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        got = rows(run)
+        assert all(started - 1 <= r.pop("t") <= time.time() + 1 for r in got)
+        out[mode] = (got, done.stdout.splitlines(), done.stderr)
+    assert len(out["1"][0]) == len(out["0"][0]) > 5000
+    for compiled, python in zip(out["1"][0], out["0"][0], strict=True):
+        assert json.dumps(compiled) == json.dumps(python)  # NaN-safe, order-sensitive
+    assert out["1"][1] == out["0"][1] and any("TypeError" in line for line in out["1"][1])
+    assert out["1"][2] == out["0"][2]  # the same one-time warnings
+
+
+def test_the_compiled_log_has_the_python_signature() -> None:
+    import inspect
+
+    if hooks._speedups is None:
+        pytest.skip("mlsm.hooks._speedups is not built here")
+    recorder = hooks._speedups.Recorder(8, hooks._log_py, hooks._tick, hooks._quote)
+    assert str(inspect.signature(recorder.log)) == "(step=None, *, total_steps=None, **metrics)"
+    with pytest.raises(ValueError, match="capacity must be 1 to"):
+        hooks._speedups.Recorder(0, hooks._log_py, hooks._tick, hooks._quote)
+
+
 def test_failed_writes_warn_once_and_training_goes_on(tmp_path: Path) -> None:
     code = """
         from mlsm import hooks
