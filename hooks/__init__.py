@@ -28,7 +28,7 @@ from ._space import (
 try:
     from . import _speedups  # the compiled fast path of log(); optional, same output
 except ImportError:  # built where no C compiler was found
-    _speedups = None
+    _speedups = None  # type: ignore[assignment]
 
 TYPE_CHECKING = False  # typing costs milliseconds at import; only the type checker needs it
 if TYPE_CHECKING:
@@ -71,7 +71,8 @@ _next_beat = math.inf
 _next_flush = math.inf
 _due = math.inf  # min(_next_beat, _next_flush): log() compares the clock with one number
 _buf: Any = []  # the rows: a list, or the compiled Recorder (which has append() and len())
-_rec: Any = None  # that Recorder: one per process, so a log imported before a fork still works
+# That Recorder: one per process, so a `log` imported before a fork still works in the child.
+_rec: _speedups.Recorder | None = None
 _seq = 0
 _step: Any = None
 _total: int | None = None

@@ -86,6 +86,7 @@ class Logger:
     batches: int
     steps: int
     rounds: int
+    env: tuple[tuple[str, str], ...] = ()  # for its process: loggers that differ run apart
 
     def sizes(self, quick: bool) -> dict[str, int]:
         cut = 3 if quick else 1
@@ -95,6 +96,8 @@ class Logger:
 
 LOGGERS = (
     Logger("hooks", "mlsm `hooks.log(step=i, loss=x)`", "mlsm", 10_000, 50, 200, 150),
+    Logger("hooks-py", "mlsm `hooks.log`, pure-Python path (`MLSM_HOOKS_COMPILED=0`)", "mlsm",
+           10_000, 50, 200, 150, (("MLSM_HOOKS_COMPILED", "0"),)),
     Logger("jsonl", "plain JSON lines `f.write(json.dumps(...))`", "", 10_000, 50, 200, 60),
     Logger("tensorboard", "TensorBoard `SummaryWriter.add_scalar`", "tensorboard",
            1_000, 30, 200, 20),
@@ -187,14 +190,17 @@ def quantiles(xs: list[float], fmt: Callable[[float], str] = ms) -> tuple[str, s
 
 
 # ----- 1. logging cost --------------------------------------------------------------------
-def run_loggers(ctx: Ctx, package: str, quick: bool) -> dict[str, dict[str, Any]]:
-    """The contenders of one library in one fresh process (hooks read MLSM_RUN_DIR at import)."""
-    group = [lg for lg in LOGGERS if lg.package == package]
+def run_loggers(ctx: Ctx, group: list[Logger], quick: bool) -> dict[str, dict[str, Any]]:
+    """Contenders of one library and environment in one fresh process (hooks read MLSM_RUN_DIR
+    and MLSM_HOOKS_COMPILED at import)."""
+    package = group[0].package
     if package and version(package) == "not installed":
         return {lg.key: {"missing": package} for lg in group}
-    tmp = ctx.root / "loggers" / (package or "stdlib")
+    tmp = ctx.root / "loggers" / group[0].key
     (tmp / "hooks").mkdir(parents=True)
-    env = {**ctx.env, "MLSM_RUN_DIR": str(tmp / "hooks")} if package == "mlsm" else ctx.env
+    env = {**ctx.env, **dict(group[0].env)}
+    if package == "mlsm":
+        env["MLSM_RUN_DIR"] = str(tmp / "hooks")
     spec = json.dumps({lg.key: lg.sizes(quick) for lg in group})
     done = subprocess.run([PY, str(LOGGER), str(tmp), spec], capture_output=True, text=True,
                           env=env, cwd=tmp, timeout=300, check=False)
@@ -208,11 +214,11 @@ def run_loggers(ctx: Ctx, package: str, quick: bool) -> dict[str, dict[str, Any]
 
 def bench_loggers(ctx: Ctx, plan: Plan) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
-    for package in dict.fromkeys(lg.package for lg in LOGGERS):
+    for package, env in dict.fromkeys((lg.package, lg.env) for lg in LOGGERS):
         t0 = time.monotonic()
-        results.update(run_loggers(ctx, package, plan.quick))
-        print(f"    {package or 'json'}: {time.monotonic() - t0:.0f} s", file=sys.stderr,
-              flush=True)
+        group = [lg for lg in LOGGERS if (lg.package, lg.env) == (package, env)]
+        results.update(run_loggers(ctx, group, plan.quick))
+        print(f"    {group[0].key}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     reap(ctx.root / "loggers")  # e.g. a wandb-core that outlived its client
     return results
 
@@ -261,7 +267,7 @@ def train_rows(results: dict[str, dict[str, Any]]) -> list[str]:
 def logger_verdicts(results: dict[str, dict[str, Any]]) -> list[str]:
     hooks = results["hooks"]
     libs = {lg.label: p50(results[lg.key]["per_call"]) for lg in LOGGERS
-            if lg.key not in ("hooks", "jsonl") and "per_call" in results[lg.key]}
+            if lg.package not in ("mlsm", "") and "per_call" in results[lg.key]}
     if "per_call" not in hooks or not libs:
         return ["hooks.log or every library failed: no ratio"]
     cheapest = min(libs, key=lambda k: libs[k])

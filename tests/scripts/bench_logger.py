@@ -118,6 +118,7 @@ def setup_mlflow_batch(store: str, per_call: int) -> Callable[[Path, list[float]
 
 SETUPS: dict[str, tuple[str, Callable[[Path, list[float]], Setup]]] = {
     "hooks": ("mlsm", setup_hooks),
+    "hooks-py": ("mlsm", setup_hooks),  # run with MLSM_HOOKS_COMPILED=0
     "jsonl": ("json", setup_jsonl),
     "tensorboard": ("tensorboard", setup_tensorboard),
     "wandb": ("wandb", setup_wandb),
@@ -141,7 +142,7 @@ def measure(key: str, tmp: Path, sizes: dict[str, int]) -> dict[str, Any]:
     loop, step, close = setup(tmp, values)
     doc: dict[str, Any] = {"setup_s": time.perf_counter() - t0}
     doc["per_call"] = bench_hooks().per_call(loop, sizes["calls"], sizes["batches"])
-    doc.update(bench_hooks().train(step, key == "hooks", sizes["steps"], sizes["rounds"]))
+    doc.update(bench_hooks().train(step, key.startswith("hooks"), sizes["steps"], sizes["rounds"]))
     t0 = time.perf_counter()
     close()
     doc["close_s"] = time.perf_counter() - t0
