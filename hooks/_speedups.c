@@ -9,8 +9,11 @@
  * does (%.12g values, "t" with %.3f, NaN and infinities as the strings "nan", "inf", "-inf").
  *
  * Rows made by the Python path arrive through append() as (step, mono, metrics) tuples and
- * keep their place in the order. The GIL is held throughout; the only calls out to Python are
- * the slow path, tick() and quote(), made when the buffer is in a consistent state.
+ * keep their place in the order. The GIL is held throughout. Python code can still run in the
+ * middle: the slow path, tick() and quote() are called when the buffer is consistent, and any
+ * allocation may run a finalizer that logs (and so grows the row array) or flushes. So drain()
+ * and take() copy each Row before they allocate, and a nested drain() or take() takes nothing:
+ * the outer one writes those rows.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -46,6 +49,7 @@ typedef struct {
     double due;        /* tick() is called once the clock reaches it */
     long long total;   /* the total_steps the Python side remembers, if has_total */
     int has_total;
+    int draining;      /* a drain() or take() is running: a nested one takes nothing */
     PyObject *slow;    /* the Python log(): called for every call this path does not take */
     PyObject *tick;    /* tick(step, now): a flush or a heartbeat is due, or the buffer full */
     PyObject *quote;   /* quote(name) -> the JSON string literal of a metric name */
@@ -67,6 +71,16 @@ static int
 full(Recorder *self)
 {
     return self->count >= self->limit;
+}
+
+static int
+ready(Recorder *self)
+{
+    if (self->rows == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Recorder.__init__() was not called");
+        return 0;
+    }
+    return 1;
 }
 
 static double
@@ -132,6 +146,9 @@ Recorder_log(Recorder *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
     double *values, now;
     Row *row;
 
+    if (!ready(self)) {
+        return NULL;
+    }
     if (nargs > 1 || full(self)) {
         goto slow;
     }
@@ -195,6 +212,9 @@ Recorder_append(Recorder *self, PyObject *row)
 {
     /* A row of the Python path, (step, mono, metrics): kept in order; the buffer grows if
      * it must (the Python path checks the size and flushes). */
+    if (!ready(self)) {
+        return NULL;
+    }
     if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 3) {
         PyErr_Format(PyExc_TypeError, "append() takes a (step, mono, metrics) tuple, not %R",
                      row);
@@ -366,40 +386,49 @@ Recorder_drain(Recorder *self, PyObject *arg)
     if (offset == -1.0 && PyErr_Occurred()) {
         return NULL;
     }
+    if (!ready(self)) {
+        return NULL;
+    }
+    if (self->draining) {
+        return PyList_New(0);
+    }
+    self->draining = 1;
     PyObject *last = NULL, *names = NULL;
     for (i = 0; i < n; i++) { /* first the names: quote() is Python code */
-        Row *row = &self->rows[i];
-        if (row->kind == ROW_FAST && row->ref != last) {
-            if (quoted_names(self, row->ref) == NULL) {
+        Row row = self->rows[i];
+        if (row.kind == ROW_FAST && row.ref != last) {
+            if (quoted_names(self, row.ref) == NULL) {
+                self->draining = 0;
                 return NULL;
             }
-            last = row->ref;
+            last = row.ref;
         }
     }
     last = NULL;
     out = PyList_New(0);
     if (out == NULL) {
+        self->draining = 0;
         return NULL;
     }
     for (i = 0; i < n; i++) {
-        Row *row = &self->rows[i];
-        if (row->kind == ROW_OBJECT) {
-            if (flush_text(&text, out) < 0 || PyList_Append(out, row->ref) < 0) {
+        Row row = self->rows[i]; /* a copy: the array may move while this loop allocates */
+        if (row.kind == ROW_OBJECT) {
+            if (flush_text(&text, out) < 0 || PyList_Append(out, row.ref) < 0) {
                 goto error;
             }
             continue;
         }
-        if (row->ref != last) { /* the rows of a loop share one kwnames tuple */
-            names = PyDict_GetItemWithError(self->names, row->ref);
-            if (names == NULL || PyTuple_GET_SIZE(names) != row->n) {
+        if (row.ref != last) { /* the rows of a loop share one kwnames tuple */
+            names = PyDict_GetItemWithError(self->names, row.ref);
+            if (names == NULL || PyTuple_GET_SIZE(names) != row.n) {
                 if (!PyErr_Occurred()) {
                     PyErr_SetString(PyExc_RuntimeError, "metric names out of step with values");
                 }
                 goto error;
             }
-            last = row->ref;
+            last = row.ref;
         }
-        if (put_row(&text, self, row, offset, names) < 0) {
+        if (put_row(&text, self, &row, offset, names) < 0) {
             goto error;
         }
     }
@@ -408,10 +437,12 @@ Recorder_drain(Recorder *self, PyObject *arg)
     }
     PyMem_Free(text.data);
     drop_rows(self, n);
+    self->draining = 0;
     return out;
 error:
     PyMem_Free(text.data);
     Py_DECREF(out);
+    self->draining = 0;
     return NULL;
 }
 
@@ -420,12 +451,20 @@ Recorder_take(Recorder *self, PyObject *Py_UNUSED(ignored))
 {
     /* Take every row as a (step, mono, metrics) tuple (for the TensorBoard mirror). */
     Py_ssize_t i, j, n = self->count;
-    PyObject *out = PyList_New(n);
+    PyObject *out;
+    if (!ready(self)) {
+        return NULL;
+    }
+    if (self->draining) {
+        return PyList_New(0);
+    }
+    out = PyList_New(n);
     if (out == NULL) {
         return NULL;
     }
+    self->draining = 1;
     for (i = 0; i < n; i++) {
-        Row *row = &self->rows[i];
+        Row copy = self->rows[i], *row = &copy; /* the array may move while this loop allocates */
         PyObject *item, *metrics, *step, *mono;
         Py_ssize_t k = 0;
         if (row->kind == ROW_OBJECT) {
@@ -469,16 +508,23 @@ Recorder_take(Recorder *self, PyObject *Py_UNUSED(ignored))
         PyTuple_SET_ITEM(item, 1, mono);
     }
     drop_rows(self, n);
+    self->draining = 0;
     return out;
 error:
     Py_DECREF(out);
+    self->draining = 0;
     return NULL;
 }
 
 static PyObject *
 Recorder_clear(Recorder *self, PyObject *Py_UNUSED(ignored))
 {
+    /* Called in a forked child, where no drain of the parent's threads goes on. */
+    if (!ready(self)) {
+        return NULL;
+    }
     drop_rows(self, self->count);
+    self->draining = 0;
     Py_RETURN_NONE;
 }
 

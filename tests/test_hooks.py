@@ -362,6 +362,36 @@ def test_the_compiled_log_has_the_python_signature() -> None:
         hooks._speedups.Recorder(0, hooks._log_py, hooks._tick, hooks._quote)
 
 
+def test_the_recorder_survives_python_code_run_in_the_middle_of_a_drain() -> None:
+    """quote() is Python code, as a finalizer or a signal handler may be: a drain nested in it
+    takes nothing, and rows logged meanwhile (enough to move the row array) wait their turn."""
+    if hooks._speedups is None:
+        pytest.skip("mlsm.hooks._speedups is not built here")
+    nested: list[Any] = []
+
+    def slow(step: Any = None, **metrics: Any) -> None:
+        recorder.append((step, 0.0, metrics))
+
+    def quote(name: str) -> str:
+        nested.append(recorder.drain(0.0))
+        for step in range(100):  # past the 8 rows allocated: append() grows the array
+            recorder.log(step, extra=1.0)  # the limit is reached: these go through slow()
+        return json.dumps(name)
+
+    recorder = hooks._speedups.Recorder(8, slow, lambda step, now: None, quote)
+    with pytest.raises(RuntimeError, match="__init__"):
+        type(recorder).__new__(type(recorder)).log(1, loss=0.5)
+    for step in range(3):
+        recorder.log(step, loss=0.25 * step)
+    first = recorder.drain(0.0)
+    assert nested == [[]]  # the nested drain took nothing
+    lines = "".join(first).splitlines()
+    assert [json.loads(line)["loss"] for line in lines] == [0.0, 0.25, 0.5]
+    assert len(recorder) == 100  # the rows logged during the drain are kept
+    rest = recorder.take()
+    assert [row[0] for row in rest] == list(range(100)) and len(recorder) == 0
+
+
 def test_failed_writes_warn_once_and_training_goes_on(tmp_path: Path) -> None:
     code = """
         from mlsm import hooks
