@@ -12,8 +12,8 @@
  * keep their place in the order. The GIL is held throughout. Python code can still run in the
  * middle: the slow path, tick() and quote() are called when the buffer is consistent, and any
  * allocation may run a finalizer that logs (and so grows the row array) or flushes. So drain()
- * and take() copy each Row before they allocate, and a nested drain() or take() takes nothing:
- * the outer one writes those rows.
+ * and take() first move all rows out of the Recorder (detach), and a nested drain() or take()
+ * takes nothing, so lines keep their order.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -91,34 +91,55 @@ monotonic(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static void
-drop_rows(Recorder *self, Py_ssize_t n)
+typedef struct {
+    Row *rows;     /* rows taken out of a Recorder: their references are owned here */
+    double *pool;  /* their values; the rows' offsets index this copy */
+    Py_ssize_t n;
+} Batch;
+
+static int
+detach(Recorder *self, Batch *batch)
 {
-    /* Forget rows [0, n): release their references, move the rest (and their values) down. */
-    Py_ssize_t i, shift = 0;
-    for (i = 0; i < n; i++) {
-        Py_DECREF(self->rows[i].ref);
+    /* Move every row (and its values) out of the Recorder before any Python code can run:
+     * whatever a finalizer, a signal handler or a fork handler then does to the Recorder
+     * (log, append, clear, a nested drain) cannot touch these rows. */
+    batch->n = self->count;
+    batch->rows = PyMem_Malloc((size_t)(self->count + 1) * sizeof(Row));
+    batch->pool = PyMem_Malloc((size_t)(self->pool_len + 1) * sizeof(double));
+    if (batch->rows == NULL || batch->pool == NULL) {
+        PyMem_Free(batch->rows);
+        PyMem_Free(batch->pool);
+        PyErr_NoMemory();
+        return -1;
     }
-    if (n < self->count) {
-        shift = self->rows[n].kind == ROW_FAST ? self->rows[n].off : self->pool_len;
-        for (i = n; i < self->count; i++) {
-            if (self->rows[i].kind == ROW_FAST && self->rows[i].off < shift) {
-                shift = self->rows[i].off;
-            }
-        }
-        memmove(self->rows, self->rows + n, (size_t)(self->count - n) * sizeof(Row));
-        memmove(self->pool, self->pool + shift, (size_t)(self->pool_len - shift) * sizeof(double));
-        for (i = 0; i < self->count - n; i++) {
-            if (self->rows[i].kind == ROW_FAST) {
-                self->rows[i].off -= shift;
-            }
-        }
+    memcpy(batch->rows, self->rows, (size_t)self->count * sizeof(Row));
+    memcpy(batch->pool, self->pool, (size_t)self->pool_len * sizeof(double));
+    self->count = 0;
+    self->pool_len = 0;
+    return 0;
+}
+
+static void
+release(Batch *batch)
+{
+    /* Drop the batch's references (finalizers may run: the Recorder is consistent). */
+    Py_ssize_t i;
+    for (i = 0; i < batch->n; i++) {
+        Py_DECREF(batch->rows[i].ref);
     }
-    else {
-        shift = self->pool_len;
+    PyMem_Free(batch->rows);
+    PyMem_Free(batch->pool);
+}
+
+static int
+drop_all(Recorder *self)
+{
+    Batch batch;
+    if (detach(self, &batch) < 0) {
+        return -1;
     }
-    self->count -= n;
-    self->pool_len -= shift;
+    release(&batch);
+    return 0;
 }
 
 static int
@@ -199,7 +220,12 @@ Recorder_log(Recorder *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
     self->pool_len += n;
     self->count++;
     if (now >= self->due || full(self)) {
-        return PyObject_CallFunction(self->tick, "Od", step == NULL ? Py_None : step, now);
+        PyObject *done = PyObject_CallFunction(self->tick, "Od", step == NULL ? Py_None : step,
+                                               now);
+        if (done == NULL) {
+            return NULL;
+        }
+        Py_DECREF(done);
     }
     Py_RETURN_NONE;
 
@@ -331,7 +357,7 @@ put_number(Text *text, double value)
 }
 
 static int
-put_row(Text *text, Recorder *self, Row *row, double offset, PyObject *names)
+put_row(Text *text, const double *pool, Row *row, double offset, PyObject *names)
 {
     char head[96];
     int i, len;
@@ -342,14 +368,18 @@ put_row(Text *text, Recorder *self, Row *row, double offset, PyObject *names)
     else {
         len = snprintf(head, sizeof head, "{\"step\": null, \"t\": %.3f", row->mono + offset);
     }
-    if (len < 0 || len >= (int)sizeof head || put(text, head, len) < 0) {
+    if (len < 0 || len >= (int)sizeof head) {
+        PyErr_SetString(PyExc_ValueError, "a row's time is out of range for metrics.jsonl");
+        return -1;
+    }
+    if (put(text, head, len) < 0) {
         return -1;
     }
     for (i = 0; i < row->n; i++) {
         PyObject *name = PyTuple_GET_ITEM(names, i);
         if (put(text, ", ", 2) < 0 ||
             put(text, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name)) < 0 ||
-            put(text, ": ", 2) < 0 || put_number(text, self->pool[row->off + i]) < 0) {
+            put(text, ": ", 2) < 0 || put_number(text, pool[row->off + i]) < 0) {
             return -1;
         }
     }
@@ -377,11 +407,14 @@ static PyObject *
 Recorder_drain(Recorder *self, PyObject *arg)
 {
     /* Take every row: a list of str (lines of compiled-path rows, formatted here) and
-     * (step, mono, metrics) tuples (rows of the Python path, for its encoder), in order. */
+     * (step, mono, metrics) tuples (rows of the Python path, for its encoder), in order.
+     * A drain nested in one (from quote(), a finalizer, a signal handler) takes nothing, so
+     * lines are written in order; the rows it leaves go out with the next flush. */
     double offset = PyFloat_AsDouble(arg);
-    Py_ssize_t i, n = self->count;
+    Py_ssize_t i;
     Text text = {NULL, 0, 0};
-    PyObject *out;
+    PyObject *out = NULL, *last = NULL, *names = NULL;
+    Batch batch;
 
     if (offset == -1.0 && PyErr_Occurred()) {
         return NULL;
@@ -392,43 +425,43 @@ Recorder_drain(Recorder *self, PyObject *arg)
     if (self->draining) {
         return PyList_New(0);
     }
+    if (detach(self, &batch) < 0) {
+        return NULL;
+    }
     self->draining = 1;
-    PyObject *last = NULL, *names = NULL;
-    for (i = 0; i < n; i++) { /* first the names: quote() is Python code */
-        Row row = self->rows[i];
-        if (row.kind == ROW_FAST && row.ref != last) {
-            if (quoted_names(self, row.ref) == NULL) {
-                self->draining = 0;
-                return NULL;
+    for (i = 0; i < batch.n; i++) { /* first the names: quote() is Python code */
+        Row *row = &batch.rows[i];
+        if (row->kind == ROW_FAST && row->ref != last) {
+            if (quoted_names(self, row->ref) == NULL) {
+                goto error;
             }
-            last = row.ref;
+            last = row->ref;
         }
     }
     last = NULL;
     out = PyList_New(0);
     if (out == NULL) {
-        self->draining = 0;
-        return NULL;
+        goto error;
     }
-    for (i = 0; i < n; i++) {
-        Row row = self->rows[i]; /* a copy: the array may move while this loop allocates */
-        if (row.kind == ROW_OBJECT) {
-            if (flush_text(&text, out) < 0 || PyList_Append(out, row.ref) < 0) {
+    for (i = 0; i < batch.n; i++) {
+        Row *row = &batch.rows[i];
+        if (row->kind == ROW_OBJECT) {
+            if (flush_text(&text, out) < 0 || PyList_Append(out, row->ref) < 0) {
                 goto error;
             }
             continue;
         }
-        if (row.ref != last) { /* the rows of a loop share one kwnames tuple */
-            names = PyDict_GetItemWithError(self->names, row.ref);
-            if (names == NULL || PyTuple_GET_SIZE(names) != row.n) {
+        if (row->ref != last) { /* the rows of a loop share one kwnames tuple */
+            names = PyDict_GetItemWithError(self->names, row->ref);
+            if (names == NULL || !PyTuple_Check(names) || PyTuple_GET_SIZE(names) != row->n) {
                 if (!PyErr_Occurred()) {
                     PyErr_SetString(PyExc_RuntimeError, "metric names out of step with values");
                 }
                 goto error;
             }
-            last = row.ref;
+            last = row->ref;
         }
-        if (put_row(&text, self, &row, offset, names) < 0) {
+        if (put_row(&text, batch.pool, row, offset, names) < 0) {
             goto error;
         }
     }
@@ -436,13 +469,15 @@ Recorder_drain(Recorder *self, PyObject *arg)
         goto error;
     }
     PyMem_Free(text.data);
-    drop_rows(self, n);
     self->draining = 0;
+    release(&batch);
     return out;
 error:
+    /* The rows are lost with the error (as a failed write loses them on the Python path). */
     PyMem_Free(text.data);
-    Py_DECREF(out);
+    Py_XDECREF(out);
     self->draining = 0;
+    release(&batch);
     return NULL;
 }
 
@@ -450,26 +485,30 @@ static PyObject *
 Recorder_take(Recorder *self, PyObject *Py_UNUSED(ignored))
 {
     /* Take every row as a (step, mono, metrics) tuple (for the TensorBoard mirror). */
-    Py_ssize_t i, j, n = self->count;
-    PyObject *out;
+    Py_ssize_t i, j;
+    PyObject *out, *item, *metrics, *step, *mono, *value;
+    Batch batch;
     if (!ready(self)) {
         return NULL;
     }
     if (self->draining) {
         return PyList_New(0);
     }
-    out = PyList_New(n);
-    if (out == NULL) {
+    if (detach(self, &batch) < 0) {
         return NULL;
     }
     self->draining = 1;
-    for (i = 0; i < n; i++) {
-        Row copy = self->rows[i], *row = &copy; /* the array may move while this loop allocates */
-        PyObject *item, *metrics, *step, *mono;
+    out = PyList_New(0);
+    if (out == NULL) {
+        goto error;
+    }
+    for (i = 0; i < batch.n; i++) {
+        Row *row = &batch.rows[i];
         Py_ssize_t k = 0;
         if (row->kind == ROW_OBJECT) {
-            Py_INCREF(row->ref);
-            PyList_SET_ITEM(out, i, row->ref);
+            if (PyList_Append(out, row->ref) < 0) {
+                goto error;
+            }
             continue;
         }
         metrics = PyDict_New();
@@ -477,11 +516,11 @@ Recorder_take(Recorder *self, PyObject *Py_UNUSED(ignored))
             goto error;
         }
         for (j = 0; j < PyTuple_GET_SIZE(row->ref); j++) {
-            PyObject *name = PyTuple_GET_ITEM(row->ref, j), *value;
+            PyObject *name = PyTuple_GET_ITEM(row->ref, j);
             if (is_name(name, str_step, 4) || is_name(name, str_total_steps, 11)) {
                 continue;
             }
-            value = PyFloat_FromDouble(self->pool[row->off + k++]);
+            value = PyFloat_FromDouble(batch.pool[row->off + k++]);
             if (value == NULL || PyDict_SetItem(metrics, name, value) < 0) {
                 Py_XDECREF(value);
                 Py_DECREF(metrics);
@@ -489,41 +528,39 @@ Recorder_take(Recorder *self, PyObject *Py_UNUSED(ignored))
             }
             Py_DECREF(value);
         }
-        item = PyTuple_New(3);
-        if (item == NULL) {
-            Py_DECREF(metrics);
-            goto error;
-        }
-        PyList_SET_ITEM(out, i, item); /* the list owns it: an error below frees it all */
-        PyTuple_SET_ITEM(item, 2, metrics);
         step = row->has_step ? PyLong_FromLongLong(row->step) : Py_NewRef(Py_None);
-        if (step == NULL) {
-            goto error;
-        }
-        PyTuple_SET_ITEM(item, 0, step);
         mono = PyFloat_FromDouble(row->mono);
-        if (mono == NULL) {
+        item = step == NULL || mono == NULL ? NULL : PyTuple_Pack(3, step, mono, metrics);
+        Py_XDECREF(step);
+        Py_XDECREF(mono);
+        Py_DECREF(metrics);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
             goto error;
         }
-        PyTuple_SET_ITEM(item, 1, mono);
+        Py_DECREF(item);
     }
-    drop_rows(self, n);
     self->draining = 0;
+    release(&batch);
     return out;
 error:
-    Py_DECREF(out);
+    Py_XDECREF(out);
     self->draining = 0;
+    release(&batch);
     return NULL;
 }
 
 static PyObject *
 Recorder_clear(Recorder *self, PyObject *Py_UNUSED(ignored))
 {
-    /* Called in a forked child, where no drain of the parent's threads goes on. */
+    /* Called in a forked child (no drain of the parent's threads goes on there), or from
+     * Python code run inside a drain, whose own rows are already out of the Recorder. */
     if (!ready(self)) {
         return NULL;
     }
-    drop_rows(self, self->count);
+    if (drop_all(self) < 0) {
+        return NULL;
+    }
     self->draining = 0;
     Py_RETURN_NONE;
 }
@@ -573,6 +610,11 @@ Recorder_init(Recorder *self, PyObject *args, PyObject *kwds)
     self->pool = PyMem_Calloc((size_t)cap * MAX_METRICS, sizeof(double));
     self->names = PyDict_New();
     if (self->rows == NULL || self->pool == NULL || self->names == NULL) {
+        PyMem_Free(self->rows);
+        PyMem_Free(self->pool);
+        Py_CLEAR(self->names);
+        self->rows = NULL; /* not ready: every method refuses, __init__ may be retried */
+        self->pool = NULL;
         PyErr_NoMemory();
         return -1;
     }
@@ -587,8 +629,9 @@ Recorder_init(Recorder *self, PyObject *args, PyObject *kwds)
 static void
 Recorder_dealloc(Recorder *self)
 {
-    if (self->rows != NULL) {
-        drop_rows(self, self->count);
+    Py_ssize_t i;
+    for (i = 0; self->rows != NULL && i < self->count; i++) {
+        Py_DECREF(self->rows[i].ref);
     }
     PyMem_Free(self->rows);
     PyMem_Free(self->pool);

@@ -392,6 +392,36 @@ def test_the_recorder_survives_python_code_run_in_the_middle_of_a_drain() -> Non
     assert [row[0] for row in rest] == list(range(100)) and len(recorder) == 0
 
 
+def test_clearing_the_recorder_from_python_code_run_inside_a_drain_is_safe() -> None:
+    """A fork handler (clear) inside quote(), or a finalizer that flushes during clear():
+    the drain keeps its own rows, and nothing is freed twice (both crashed once)."""
+    if hooks._speedups is None:
+        pytest.skip("mlsm.hooks._speedups is not built here")
+
+    def quote(name: str) -> str:
+        recorder.clear()
+        return json.dumps(name)
+
+    recorder = hooks._speedups.Recorder(8, None, lambda step, now: None, quote)
+    recorder.log(1, loss=0.5)
+    recorder.append((2, 0.0, {"x": 1}))
+    recorder.log(3, loss=0.5)
+    parts = recorder.drain(0.0)
+    assert [json.loads(p)["step"] for p in parts if isinstance(p, str)] == [1, 3]
+    assert parts[1] == (2, 0.0, {"x": 1}) and len(recorder) == 0
+
+    class Flushes:
+        def __del__(self) -> None:
+            seen.append(plain.take())
+
+    seen: list[Any] = []
+    plain = hooks._speedups.Recorder(8, None, lambda step, now: None, repr)
+    plain.append((1, 0.0, {"a": Flushes()}))
+    plain.append((2, 0.0, {"b": 1.0}))
+    plain.clear()
+    assert seen == [[]] and len(plain) == 0
+
+
 def test_failed_writes_warn_once_and_training_goes_on(tmp_path: Path) -> None:
     code = """
         from mlsm import hooks
