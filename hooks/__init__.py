@@ -340,16 +340,15 @@ def _encode_run(steps: tuple[Any, ...], stamps: list[float],
 
 
 def _quote(name: str) -> str:
-    """A metric name as a JSON string literal (ASCII: the compiled path writes it as bytes)."""
+    """A metric name as a JSON string literal, for both paths (ASCII: the compiled path
+    writes it as bytes)."""
     import json
 
     return json.dumps(name)
 
 
 def _format(keys: tuple[str, ...]) -> str:
-    import json
-
-    quoted = [json.dumps(key).replace("%", "%%") for key in keys]
+    quoted = [_quote(key).replace("%", "%%") for key in keys]
     _formats[keys] = template = (
         '{"step": %d, "t": %.3f' + "".join(f", {q}: %.12g" for q in quoted) + "}\n")
     return template
@@ -357,9 +356,7 @@ def _format(keys: tuple[str, ...]) -> str:
 
 def _row(step: Any, stamp: float, metrics: dict[str, Any]) -> str:
     """One line for a row the template cannot take: odd step, non-finite or non-float values."""
-    import json
-
-    fields = "".join([f", {json.dumps(k)}: {_number(v)}" for k, v in metrics.items()])
+    fields = "".join([f", {_quote(k)}: {_number(v)}" for k, v in metrics.items()])
     return f'{{"step": {_int(step)}, "t": {stamp:.3f}{fields}}}\n'
 
 

@@ -68,6 +68,13 @@ is_name(PyObject *name, PyObject *interned, Py_ssize_t length)
 }
 
 static int
+is_metric(PyObject *name)
+{
+    /* A keyword of log() that names a metric, not one of its parameters. */
+    return !is_name(name, str_step, 4) && !is_name(name, str_total_steps, 11);
+}
+
+static int
 full(Recorder *self)
 {
     return self->count >= self->limit;
@@ -129,6 +136,31 @@ release(Batch *batch)
     }
     PyMem_Free(batch->rows);
     PyMem_Free(batch->pool);
+}
+
+static int
+begin_taking(Recorder *self, Batch *batch)
+{
+    /* drain() and take(): 1 with every row moved into `batch` (release it with end_taking),
+     * 0 when nested in another one (it takes nothing: lines keep their order), -1 on error. */
+    if (!ready(self)) {
+        return -1;
+    }
+    if (self->draining) {
+        return 0;
+    }
+    if (detach(self, batch) < 0) {
+        return -1;
+    }
+    self->draining = 1;
+    return 1;
+}
+
+static void
+end_taking(Recorder *self, Batch *batch)
+{
+    self->draining = 0;
+    release(batch);
 }
 
 static int
@@ -258,8 +290,6 @@ Recorder_append(Recorder *self, PyObject *row)
     Py_INCREF(row);
     self->rows[self->count].ref = row;
     self->rows[self->count].kind = ROW_OBJECT;
-    self->rows[self->count].off = self->pool_len;
-    self->rows[self->count].n = 0;
     self->count++;
     Py_RETURN_NONE;
 }
@@ -279,7 +309,7 @@ quoted_names(Recorder *self, PyObject *kwnames)
     }
     for (i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, i), *text, *data;
-        if (is_name(name, str_step, 4) || is_name(name, str_total_steps, 11)) {
+        if (!is_metric(name)) {
             continue;
         }
         text = PyObject_CallOneArg(self->quote, name);
@@ -415,20 +445,15 @@ Recorder_drain(Recorder *self, PyObject *arg)
     Text text = {NULL, 0, 0};
     PyObject *out = NULL, *last = NULL, *names = NULL;
     Batch batch;
+    int taking;
 
     if (offset == -1.0 && PyErr_Occurred()) {
         return NULL;
     }
-    if (!ready(self)) {
-        return NULL;
+    taking = begin_taking(self, &batch);
+    if (taking <= 0) {
+        return taking < 0 ? NULL : PyList_New(0);
     }
-    if (self->draining) {
-        return PyList_New(0);
-    }
-    if (detach(self, &batch) < 0) {
-        return NULL;
-    }
-    self->draining = 1;
     for (i = 0; i < batch.n; i++) { /* first the names: quote() is Python code */
         Row *row = &batch.rows[i];
         if (row->kind == ROW_FAST && row->ref != last) {
@@ -469,15 +494,13 @@ Recorder_drain(Recorder *self, PyObject *arg)
         goto error;
     }
     PyMem_Free(text.data);
-    self->draining = 0;
-    release(&batch);
+    end_taking(self, &batch);
     return out;
 error:
     /* The rows are lost with the error (as a failed write loses them on the Python path). */
     PyMem_Free(text.data);
     Py_XDECREF(out);
-    self->draining = 0;
-    release(&batch);
+    end_taking(self, &batch);
     return NULL;
 }
 
@@ -488,16 +511,10 @@ Recorder_take(Recorder *self, PyObject *Py_UNUSED(ignored))
     Py_ssize_t i, j;
     PyObject *out, *item, *metrics, *step, *mono, *value;
     Batch batch;
-    if (!ready(self)) {
-        return NULL;
+    int taking = begin_taking(self, &batch);
+    if (taking <= 0) {
+        return taking < 0 ? NULL : PyList_New(0);
     }
-    if (self->draining) {
-        return PyList_New(0);
-    }
-    if (detach(self, &batch) < 0) {
-        return NULL;
-    }
-    self->draining = 1;
     out = PyList_New(0);
     if (out == NULL) {
         goto error;
@@ -517,7 +534,7 @@ Recorder_take(Recorder *self, PyObject *Py_UNUSED(ignored))
         }
         for (j = 0; j < PyTuple_GET_SIZE(row->ref); j++) {
             PyObject *name = PyTuple_GET_ITEM(row->ref, j);
-            if (is_name(name, str_step, 4) || is_name(name, str_total_steps, 11)) {
+            if (!is_metric(name)) {
                 continue;
             }
             value = PyFloat_FromDouble(batch.pool[row->off + k++]);
@@ -540,13 +557,11 @@ Recorder_take(Recorder *self, PyObject *Py_UNUSED(ignored))
         }
         Py_DECREF(item);
     }
-    self->draining = 0;
-    release(&batch);
+    end_taking(self, &batch);
     return out;
 error:
     Py_XDECREF(out);
-    self->draining = 0;
-    release(&batch);
+    end_taking(self, &batch);
     return NULL;
 }
 
