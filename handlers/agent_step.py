@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mlsm.handlers import prompting
 from mlsm.handlers.agents.base import AgentBackend, AgentOutcome, AgentStep, Role, check_product
-from mlsm.machine import procs
-from mlsm.machine.config import Config
-from mlsm.machine.events import EXITED, Event
-from mlsm.machine.procs import ProcRecord
-from mlsm.machine.store import write_atomic
-
-POLL_S = 0.25
+from mlsm.handlers.launchers.base import Handle, Spec
+from mlsm.handlers.supervised import SupervisedRun
+from mlsm.machine.core.config import Config
+from mlsm.machine.core.events import EXITED, Event
+from mlsm.machine.core.store import write_atomic
 
 
 def free_name(run_dir: Path, stem: str, suffix: str) -> Path:
@@ -33,14 +27,14 @@ def free_name(run_dir: Path, stem: str, suffix: str) -> Path:
 
 
 def prepare_step(role: Role, exp_dir: Path, run_dir: Path, iteration: int, attempt: int,
-                 config: Config, context: dict[str, Any]) -> AgentStep:
+                 config: Config, context: dict[str, Any], spent_usd: float = 0.0) -> AgentStep:
     """Create the run folder, render and save the prompt, pick the transcript's name."""
     run_dir.mkdir(parents=True, exist_ok=True)
     transcript = free_name(run_dir, f"agent_{role}", ".log")
     prompt_file = transcript.with_name(transcript.name.replace("agent_", "prompt_")[:-4] + ".md")
     step = AgentStep(role=role, exp_dir=exp_dir, run_dir=run_dir, iteration=iteration,
                      attempt=attempt, prompt="", prompt_file=prompt_file,
-                     transcript=transcript, config=config)
+                     transcript=transcript, config=config, spent_usd=spent_usd)
     ctx = {**context, "exp_dir": exp_dir, "run_dir": run_dir, "iteration": iteration,
            "product": step.product, "max_iterations": config.max_iterations,
            "train_cmd": " ".join(config.train_argv())}
@@ -49,32 +43,26 @@ def prepare_step(role: Role, exp_dir: Path, run_dir: Path, iteration: int, attem
     return dataclasses.replace(step, prompt=prompt)
 
 
-class AgentRun:
+class AgentRun(SupervisedRun):
     """One agent process tree and the thread that waits for it, times it out, and reports."""
 
-    def __init__(self, backend: AgentBackend, step: AgentStep, emit: Callable[[Event], None],
-                 log: Any, clock: Callable[[], float] = time.monotonic,
-                 stopping: Callable[[], bool] = lambda: False) -> None:
-        self.backend, self.step, self.emit, self.log = backend, step, emit, log
-        self.clock, self.stopping = clock, stopping
-        self.popen: subprocess.Popen[bytes] | None = None
-        self.rec: ProcRecord | None = None
-        self._abandon = threading.Event()
+    kind = "agent"
+
+    def __init__(self, backend: AgentBackend, step: AgentStep, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.backend, self.step = backend, step
         self._killed_for: str | None = None
 
-    def spawn(self) -> ProcRecord:
+    def spawn(self) -> Handle:
         """Start the agent in the experiment directory, stdin closed, output to the transcript."""
         env = self.backend.env(self.step, dict(os.environ))
-        with self.step.transcript.open("ab") as out:
-            self.popen, self.rec = procs.spawn(
-                self.backend.argv(self.step), self.step.exp_dir, env, out)
-        return self.rec
+        self.launched = self.launcher.spawn(Spec(
+            argv=self.backend.argv(self.step), cwd=self.step.exp_dir, env=env,
+            stdout=self.step.transcript, experiment=self.step.exp_dir))
+        return self.launched.handle
 
     def watch(self) -> None:
-        threading.Thread(target=self._watch, name=f"agent-{self.step.role}", daemon=True).start()
-
-    def abandon(self) -> None:
-        self._abandon.set()
+        self.start_watching(f"agent-{self.step.role}")
 
     def _transcript_size(self) -> int:
         try:
@@ -83,12 +71,12 @@ class AgentRun:
             return 0
 
     def _watch(self) -> None:
-        assert self.popen is not None
+        assert self.launched is not None
         cfg = self.step.config
         start = last_growth = self.clock()
         size = self._transcript_size()
-        while not self._abandon.is_set():
-            if procs.wait_exit(self.popen, POLL_S):
+        while not self.abandoned:
+            if self.launched.wait(self.POLL_S):
                 break
             now = self.clock()
             if (new := self._transcript_size()) != size:
@@ -100,24 +88,24 @@ class AgentRun:
                 self._timeout(f"wrote nothing for {now - last_growth:.0f}s "
                               f"(--agent-idle-timeout {cfg.agent_idle_timeout:g}s)")
                 break
-        if self._abandon.is_set() or self.stopping():
+        if self.abandoned or self.stopping():
             return
-        self.emit(Event(EXITED, self.rec.run_id if self.rec else None,
-                        {"kind": "agent", "outcome": self._outcome()}))
+        left = self.cleanup()
+        self.emit(Event(EXITED, self.run_id, {"kind": "agent", "outcome": self._outcome(),
+                                              "leftovers": left}))
 
     def _timeout(self, why: str) -> None:
-        assert self.rec is not None and self.popen is not None
         self._killed_for = f"the {self.step.role} agent {why} and was killed"
         self.log.warning("agent_timeout", role=self.step.role, detail=self._killed_for)
-        procs.kill_tree(self.rec, self.step.config.grace)
-        procs.wait_exit(self.popen, None)
+        self.kill_for("agent_timeout", self._killed_for)
 
     def _outcome(self) -> AgentOutcome:
-        assert self.popen is not None
+        assert self.launched is not None
         if self._killed_for:
             return AgentOutcome(ok=False, reason=self._killed_for)
+        returncode = self.launched.returncode
         try:
-            outcome = self.backend.collect(self.step, self.popen.returncode)
+            outcome = self.backend.collect(self.step, -9 if returncode is None else returncode)
         except Exception as exc:  # a backend bug must fail the step, not kill the waiter
             return AgentOutcome(ok=False, reason=f"reading the {self.step.role} agent's output "
                                                  f"failed: {exc!r}")

@@ -8,9 +8,11 @@ from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
+from mlsm.hooks.layout import IDEA, STOP, WATCHED
+
 # Our own reads produce "opened" and "closed_no_write" events: reacting to them would loop.
 IGNORED_TYPES = frozenset({"opened", "closed_no_write"})
-RELEVANT = frozenset({"IDEA.md", "PLAN.md", "train.py", "REPORT.md", "STOP", "mlsm.toml"})
+RELEVANT = WATCHED
 
 
 class ExperimentHandler(FileSystemEventHandler):
@@ -39,8 +41,8 @@ class ExperimentHandler(FileSystemEventHandler):
         if not names & RELEVANT:
             return
         # A STOP that appeared counts even if it is already gone again: the person asked.
-        appeared = (_name(getattr(event, "dest_path", "") or "") == "STOP"
-                    or (_name(event.src_path) == "STOP" and event.event_type != "deleted"
+        appeared = (_name(getattr(event, "dest_path", "") or "") == STOP
+                    or (_name(event.src_path) == STOP and event.event_type != "deleted"
                         and event.event_type != "moved"))
         if appeared:
             self.request_stop()
@@ -66,8 +68,8 @@ class DiscoveryHandler(FileSystemEventHandler):
         try:
             if event.event_type in IGNORED_TYPES:
                 return
-            if event.is_directory or _name(event.src_path) == "IDEA.md" \
-                    or _name(getattr(event, "dest_path", "") or "") == "IDEA.md":
+            if event.is_directory or _name(event.src_path) == IDEA \
+                    or _name(getattr(event, "dest_path", "") or "") == IDEA:
                 self.rescan()
         except Exception as exc:  # an exception here would kill the observer thread
             self.log.exception("fs_handler_error", error=repr(exc))

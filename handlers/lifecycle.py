@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import threading
@@ -10,13 +9,15 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from mlsm.machine import procs
+from mlsm.handlers.launchers import get_launcher
+from mlsm.handlers.launchers.base import Spec
+from mlsm.hooks.layout import Layout
 
 
 def hook_commands(exp_dir: Path, state: str) -> list[list[str]]:
     """The commands to run on entering `state`: the executable first, then the toml entry."""
     out: list[list[str]] = []
-    exe = exp_dir / ".mlsm" / "hooks" / f"on-{state}"
+    exe = Layout(exp_dir).hooks_dir / f"on-{state}"
     if exe.is_file() and os.access(exe, os.X_OK):
         out.append([str(exe)])
     table = _toml_hooks(exp_dir)
@@ -28,7 +29,7 @@ def hook_commands(exp_dir: Path, state: str) -> list[list[str]]:
 
 def _toml_hooks(exp_dir: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads((exp_dir / "mlsm.toml").read_text(encoding="utf-8"))
+        data = tomllib.loads(Layout(exp_dir).toml.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}  # config errors are reported by config resolution, not here
     table = data.get("hooks")
@@ -52,21 +53,20 @@ def _run_one(exp_dir: Path, argv: list[str], state: str, previous: str | None,
              iteration: int, timeout: float, grace: float, log: Any) -> None:
     env = {**os.environ, "MLSM_STATE": state, "MLSM_PREVIOUS_STATE": previous or "",
            "MLSM_DIR": str(exp_dir), "MLSM_ITERATION": str(iteration)}
-    out_path = exp_dir / "logs" / "hooks.log"
+    out_path = Layout(exp_dir).hooks_log
+    launcher = get_launcher("local")
     try:
-        with out_path.open("ab") as out:
-            proc, rec = procs.spawn(argv, exp_dir, env, out)
+        run = launcher.spawn(Spec(argv=argv, cwd=exp_dir, env=env, stdout=out_path))
     except OSError as exc:
         log.error("hook_failed", hook=argv[0], state=state, error=exc.strerror or str(exc))
         return
-    if not procs.wait_exit(proc, timeout or None):
-        procs.kill_tree(rec, grace)
-        with contextlib.suppress(Exception):
-            procs.wait_exit(proc, 1)
+    if not run.wait(timeout or None):
+        launcher.kill(run.handle, grace)
+        run.wait(1.0)
         log.error("hook_timeout", hook=argv[0], state=state, timeout_s=timeout)
         return
-    if proc.returncode != 0:
-        log.error("hook_failed", hook=argv[0], state=state, returncode=proc.returncode,
+    if run.returncode != 0:
+        log.error("hook_failed", hook=argv[0], state=state, returncode=run.returncode,
                   output=str(out_path))
     else:
         log.info("hook_ran", hook=argv[0], state=state)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -11,50 +10,19 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+
+from mlsm.hooks import rundir
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
-NOT_STARTED = 75  # EX_TEMPFAIL: the daemon vanished before it recorded us; nothing ran
 
 
-def _write_atomic(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _kill_note(run_dir: Path) -> dict[str, Any]:
-    """Why the daemon is killing us, if it said so before it did (kill.json)."""
-    try:
-        note: dict[str, Any] = json.loads((run_dir / "kill.json").read_text(encoding="utf-8"))
-        return note
-    except (OSError, ValueError):
-        return {}
-
-
-def exit_record(returncode: int | None, started: float, run_dir: Path,
-                detail: str | None = None) -> dict[str, Any]:
-    """The exit.json document for a child that ended with `returncode`."""
-    sig = None
-    reason = "exited"
-    if returncode is not None and returncode < 0:
-        sig = signal.Signals(-returncode).name
-        reason = "signal"
-    record: dict[str, Any] = {
-        "returncode": returncode, "signal": sig, "reason": reason, "detail": detail,
-        "started_at": started, "ended_at": time.time(), "duration_s": time.time() - started,
-        "pid": os.getpid(),
-    }
-    note = _kill_note(run_dir)
-    if note.get("reason"):
-        record["reason"] = note["reason"]
-        record["detail"] = note.get("detail") or detail
-        record["seconds"] = note.get("seconds")
-    return record
+def _record(run_dir: Path, returncode: int, started: float, detail: str | None = None) -> None:
+    """Write exit.json (with the daemon's kill reason, if it gave one); a full disk is told."""
+    record = rundir.with_kill_note(
+        rundir.exit_record(returncode, started, detail=detail, pid=os.getpid()), run_dir)
+    if not rundir.write_exit(run_dir, record):
+        print("mlsm: could not write exit.json; the daemon records the exit code itself",
+              file=sys.stderr, flush=True)
 
 
 def _wait_for_go() -> bool:
@@ -69,14 +37,14 @@ def _wait_for_go() -> bool:
 def run(run_dir: Path, argv: list[str]) -> int:
     """Run `argv` to completion, forwarding signals, and record how it ended."""
     if not _wait_for_go():
-        return NOT_STARTED
+        return rundir.NOT_STARTED
     started = time.time()
     try:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
     except OSError as exc:
         message = f"cannot start training command {argv[0]!r}: {exc.strerror or exc}"
         print(f"mlsm: {message}", file=sys.stderr, flush=True)
-        _write_atomic(run_dir / "exit.json", exit_record(127, started, run_dir, message))
+        _record(run_dir, 127, started, message)
         return 127
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -86,7 +54,7 @@ def run(run_dir: Path, argv: list[str]) -> int:
     for sig in FORWARDED:
         signal.signal(sig, forward)
     returncode = child.wait()
-    _write_atomic(run_dir / "exit.json", exit_record(returncode, started, run_dir))
+    _record(run_dir, returncode, started)
     return returncode if returncode >= 0 else 128 - returncode
 
 

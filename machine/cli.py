@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from mlsm.machine.config import OPTIONS, Option
-from mlsm.machine.errors import ExitCode, MlsmError
+from mlsm.machine.core.config import OPTIONS, Option
+from mlsm.machine.core.errors import ExitCode, MlsmError
 
 DIR_ARG = click.Path(file_okay=False, path_type=Path)
 
@@ -98,7 +98,7 @@ def run(dir: Path, **kwargs: Any) -> None:
 @click.option("--follow", "-f", is_flag=True, help="A live view that refreshes from the files.")
 def status(dirs: tuple[Path, ...], as_json: bool, follow: bool) -> None:
     """Show state, iteration, pids, heartbeat age and the last error of each experiment."""
-    from mlsm.machine import report
+    from mlsm.machine.views import status as report
 
     try:
         sys.exit(int(report.show(list(dirs), as_json=as_json, follow=follow)))
@@ -131,7 +131,8 @@ def resume(dirs: tuple[Path, ...]) -> None:
 def retry(dirs: tuple[Path, ...]) -> None:
     """Send a FAILED run back to the step that failed (fresh attempts, history kept).
 
-    Fix the cause first (the error is in `mlsm status`); no daemon may be running on DIR.
+    Fix the cause first (the error is in `mlsm status`). With a daemon running on DIR this
+    writes DIR/RETRY, which the daemon consumes (`touch DIR/RETRY` does the same).
     """
     from mlsm.machine.engine import retry_failed
 
@@ -141,7 +142,31 @@ def retry(dirs: tuple[Path, ...]) -> None:
             state = retry_failed(d)
         except MlsmError as exc:
             fail(exc)
-        click.echo(f"{d}: back to {state.upper()}; continue with `mlsm run {d}` or `mlsm watch`")
+        if state == "queued":
+            click.echo(f"{d}: RETRY written; the running daemon sends the run back now")
+        else:
+            click.echo(f"{d}: back to {state.upper()}; continue with `mlsm run {d}` or "
+                       f"`mlsm watch`")
+
+
+@cli.command()
+@click.argument("dir", type=DIR_ARG)
+@click.argument("a")
+@click.argument("b")
+@click.argument("paths", nargs=-1)
+def diff(dir: Path, a: str, b: str, paths: tuple[str, ...]) -> None:
+    """Show what changed in DIR between iterations A and B (numbers, iter-NNN or commits).
+
+    Every iteration's files are committed to mlsm's own repository in DIR/.mlsm/git; PATHS
+    limits the diff (for example `train.py`).
+    """
+    from mlsm.machine.core import provenance
+
+    _require_dir(dir)
+    try:
+        click.echo(provenance.diff(dir, a, b, list(paths) or None), nl=False)
+    except provenance.ProvenanceError as exc:
+        fail(MlsmError(str(exc)))
 
 
 def _require_dir(d: Path) -> None:
@@ -152,7 +177,7 @@ def _require_dir(d: Path) -> None:
 @cli.command()
 def graph() -> None:
     """Print the state diagram as Mermaid text."""
-    from mlsm.machine.states import mermaid
+    from mlsm.machine.core.states import mermaid
 
     click.echo(mermaid())
 
@@ -166,7 +191,7 @@ def watchdog_cmd(dirs: tuple[Path, ...], kill: bool, as_json: bool) -> None:
 
     Exit status: 0 healthy, 5 a problem found (not acted on), 6 acted, 3 error.
     """
-    from mlsm.machine import watchdog_check
+    from mlsm.machine.views import health as watchdog_check
 
     try:
         sys.exit(int(watchdog_check.main(list(dirs), kill=kill, as_json=as_json)))
@@ -183,7 +208,7 @@ def watchdog_cmd(dirs: tuple[Path, ...], kill: bool, as_json: bool) -> None:
               help="With --iteration: the stderr log.")
 def logs(dir: Path, follow: bool, iteration: int | None, which: str) -> None:
     """Print the runner log, or one iteration's training output."""
-    from mlsm.machine import report
+    from mlsm.machine.views import status as report
 
     try:
         sys.exit(int(report.logs(dir, follow=follow, iteration=iteration, which=which)))

@@ -16,13 +16,14 @@ from typing import IO, Any
 import psutil
 
 from mlsm.handlers.fsevents import DiscoveryHandler, ExperimentHandler
-from mlsm.machine import procs
-from mlsm.machine.config import resolve
+from mlsm.handlers.launchers import local
+from mlsm.hooks.layout import Layout
+from mlsm.machine.core.config import resolve
+from mlsm.machine.core.errors import ExitCode, InputError, MlsmError
+from mlsm.machine.core.journal import make_logger
+from mlsm.machine.core.states import State
 from mlsm.machine.engine import Experiment
-from mlsm.machine.errors import ExitCode, InputError, MlsmError
-from mlsm.machine.journal import make_logger
 from mlsm.machine.slots import TrainingSlots
-from mlsm.machine.states import State
 
 NETWORK_FS = ("nfs", "nfs4", "cifs", "smbfs", "smb3", "fuse.sshfs", "sshfs", "9p", "fuse.rclone")
 RESCAN_S = 30.0
@@ -124,7 +125,7 @@ class Daemon:
             for d in subdirs:
                 if d in self._known:
                     continue
-                if (d / "IDEA.md").exists():
+                if Layout(d).idea.exists():
                     self._adopt(d)
                 elif d not in self._watches:
                     self._watch_candidate(d)
@@ -193,7 +194,7 @@ class Daemon:
     def run(self, until_finished: bool) -> ExitCode:
         """Run until a signal (or, when `until_finished`, until every run is DONE or FAILED)."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        procs.become_subreaper()
+        local.become_subreaper()
         try:
             self._start_observer()
             for exp in self.experiments:
@@ -215,7 +216,7 @@ class Daemon:
             if until_finished and all(e.finished.is_set() for e in self.experiments):
                 return
             if not self._wake.wait(RESCAN_S):
-                procs.reap_orphans()  # orphans of killed trees we adopted as subreaper
+                local.reap_orphans()  # orphans of killed trees we adopted as subreaper
                 if self.discover:
                     self._tasks.append(self._scan)  # periodic rescan: events are only hints
             self._wake.clear()

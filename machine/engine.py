@@ -7,7 +7,6 @@ import dataclasses
 import errno
 import fcntl
 import functools
-import math
 import os
 import queue
 import random
@@ -24,40 +23,41 @@ from mlsm.handlers.agent_step import AgentRun, prepare_step
 from mlsm.handlers.agents import get_backend
 from mlsm.handlers.agents.base import AgentBackend, AgentOutcome, Role, check_product, read_decision
 from mlsm.handlers.inputs import file_signature, read_text_file
+from mlsm.handlers.launchers import get_launcher, launcher_of
 from mlsm.handlers.lifecycle import run_hooks
-from mlsm.handlers.prompting import history_markdown, instructions
-from mlsm.handlers.training import TrainingRun, read_exit, write_kill_note
-from mlsm.machine import events as ev
-from mlsm.machine import procs
-from mlsm.machine.config import Config
-from mlsm.machine.errors import InputError, LockedError
-from mlsm.machine.events import Event
-from mlsm.machine.journal import make_logger
-from mlsm.machine.procs import ProcRecord
-from mlsm.machine.slots import TrainingSlots
-from mlsm.machine.states import RESUMABLE, TRANSITIONS, State
-from mlsm.machine.store import (
+from mlsm.handlers.prompting import instructions
+from mlsm.handlers.training import TrainingRun
+from mlsm.hooks import rundir
+from mlsm.hooks.layout import Layout
+from mlsm.machine.core import events as ev
+from mlsm.machine.core import provenance, results
+from mlsm.machine.core.config import Config
+from mlsm.machine.core.errors import InputError, LockedError
+from mlsm.machine.core.events import Event
+from mlsm.machine.core.journal import make_logger
+from mlsm.machine.core.results import Row
+from mlsm.machine.core.states import RESUMABLE, TRANSITIONS, State
+from mlsm.machine.core.status import Status, read_status, write_status
+from mlsm.machine.core.store import (
     StoreError,
-    new_status,
     now_iso,
     parse_iso,
-    read_json_object,
-    read_status,
     remove_stray_temps,
     write_atomic,
     write_json_atomic,
-    write_status,
 )
+from mlsm.machine.slots import TrainingSlots
+from mlsm.machine.supervisor import Recorded, Supervisor
 
 RECONCILE_S = 30.0
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 DIRTY_RETRY_S = 2.0
-AGENT_ROLE = {State.PLANNING: "plan", State.CODING: "code", State.ANALYZING: "analyze",
-              State.REPORTING: "report"}
+AGENT_ROLE: dict[State, Role] = {State.PLANNING: "plan", State.CODING: "code",
+                                 State.ANALYZING: "analyze", State.REPORTING: "report"}
 
 
 class _Model:
-    """The object transitions drives; `left_<state>` conditions read status.previous_state."""
+    """The object transitions drives; its conditions read status.previous/failed_state."""
 
     state: str
 
@@ -66,33 +66,49 @@ class _Model:
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("left_"):
-            return lambda *_: self._engine.status.get("previous_state") == name[5:]
+            return lambda *_: self._engine.status.previous_state == name[5:]
+        if name.startswith("failed_in_"):
+            return lambda *_: (self._engine.status.failed_state or "planning") == name[10:]
         raise AttributeError(name)
 
 
 def retry_failed(exp_dir: Path) -> str:
-    """Send a FAILED run back to the state that failed, attempts reset; no daemon may run."""
-    lock = acquire_lock(exp_dir)
+    """Send a FAILED run back to the state that failed. With a daemon running, leave RETRY for
+    it (it consumes the file); returns the state, or "queued" when the daemon will do it."""
+    layout = Layout(exp_dir)
+    try:
+        lock = acquire_lock(exp_dir)
+    except LockedError:
+        status = read_status(exp_dir)
+        _require_failed(exp_dir, status)
+        layout.retry.touch()
+        return "queued"
     try:
         status = read_status(exp_dir)
-        if status is None or status["state"] != State.FAILED:
-            state = "not started" if status is None else status["state"]
-            raise InputError(f"{exp_dir} is not FAILED ({state}): only a failed run can be retried")
-        target = status.get("failed_state") or State.PLANNING.value
-        status.update(state=target, error=None, step_attempt=0, agent=None, training=None,
-                      failures=0, entered_at=now_iso())
-        status["seq"] = int(status.get("seq", 0)) + 1
+        _require_failed(exp_dir, status)
+        assert status is not None
+        target = status.failed_state or State.PLANNING.value
+        status.state, status.error, status.step_attempt = target, None, 0
+        status.agent = status.training = None
+        status.entered_at = now_iso()
+        status.seq += 1
         write_status(exp_dir, status)
-        return str(target)
+        return target
     finally:
         lock.close()
 
 
+def _require_failed(exp_dir: Path, status: Status | None) -> None:
+    if status is None or status.state != State.FAILED:
+        state = "not started" if status is None else status.state
+        raise InputError(f"{exp_dir} is not FAILED ({state}): only a failed run can be retried")
+
+
 def acquire_lock(exp_dir: Path) -> IO[str]:
     """Hold `.mlsm/lock` for this process's life; LockedError names the pid that holds it."""
-    private = exp_dir / ".mlsm"
-    private.mkdir(exist_ok=True)
-    fh = (private / "lock").open("a+", encoding="utf-8")
+    layout = Layout(exp_dir)
+    layout.private.mkdir(exist_ok=True)
+    fh = layout.lock.open("a+", encoding="utf-8")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -111,7 +127,7 @@ def acquire_lock(exp_dir: Path) -> IO[str]:
 
 
 class Experiment:
-    """One experiment directory: its machine, its queue, its engine and killer threads."""
+    """One experiment directory: its machine, its queue, its engine thread and supervisor."""
 
     def __init__(self, exp_dir: Path, config: Config, *, console: IO[str] | None = sys.stderr,
                  clock: Callable[[], float] = time.monotonic,
@@ -121,18 +137,17 @@ class Experiment:
                  on_finished: Callable[[], None] | None = None,
                  slots: TrainingSlots | None = None) -> None:
         self.dir = exp_dir.resolve()
+        self.layout = Layout(self.dir)
         self.config = config
         self.clock, self.wall = clock, wall
         self.queue: queue.Queue[Event] = queue.Queue()
         self.finished = threading.Event()
-        self.status: dict[str, Any] = new_status(config.max_iterations)
-        self.current: AgentRun | TrainingRun | None = None
+        self.status = Status(max_iterations=config.max_iterations)
         self.on_root_replaced = on_root_replaced
         self.on_finished = on_finished
         self.slots = slots
         self._console = console
         self._backend = backend
-        self._kill_request = threading.Event()
         self._stopping = False
         self._shutting_down = False
         self._dirty = False
@@ -141,10 +156,10 @@ class Experiment:
         self._seen_problems: dict[str, Any] = {}
         self._lock_fh: IO[str] | None = None
         self._root_ino: int | None = None
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
         self._hook_threads: list[threading.Thread] = []
-        self._kill_lock = threading.Lock()
         self.log: Any = None
+        self.supervisor: Supervisor | None = None
         self.machine: Machine | None = None
         self.model = _Model(self)
 
@@ -153,17 +168,18 @@ class Experiment:
         """Lock the directory, read status.json (errors are InputError), build the machine."""
         self._lock_fh = acquire_lock(self.dir)
         status = read_status(self.dir)
-        self.log, self._sink = make_logger(self.dir / "logs", self.dir.name, self._console)
-        for tmp in remove_stray_temps(self.dir):
+        self.log, self._sink = make_logger(self.layout.logs, self.dir.name, self._console)
+        self.supervisor = Supervisor(self.config.grace, self.log, self._recorded)
+        for tmp in remove_stray_temps(self.dir, self.layout.private):
             self.log.info("stray_temp_removed", path=str(tmp))
         if status is not None:
             self.status = status
-        self.status["max_iterations"] = self.config.max_iterations
-        self.status["daemon_pid"] = os.getpid()
+        self.status.max_iterations = self.config.max_iterations
+        self.status.daemon_pid = os.getpid()
         self._write_config()
         self.machine = Machine(
             model=self.model, states=self._state_defs(), transitions=TRANSITIONS,
-            initial=self.status["state"], auto_transitions=False, queued=True,
+            initial=self.status.state, auto_transitions=False, queued=True,
             send_event=True, before_state_change=self._before_change,
             after_state_change=self._after_change, finalize_event=self._finalize,
         )
@@ -174,12 +190,17 @@ class Experiment:
             self._backend = get_backend(self.config.agent)
         return self._backend
 
+    @property
+    def sup(self) -> Supervisor:
+        assert self.supervisor is not None, "open() first"
+        return self.supervisor
+
     def _write_config(self) -> None:
         """The resolved config and the agent instructions, for agents and `mlsm watchdog`."""
         doc = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "sources"}
         with contextlib.suppress(OSError):
-            write_json_atomic(self.dir / ".mlsm" / "config.json", doc)
-            write_atomic(self.dir / ".mlsm" / "instructions.md", instructions().encode())
+            write_json_atomic(self.layout.config_json, doc)
+            write_atomic(self.layout.instructions, instructions().encode())
 
     def _state_defs(self) -> list[dict[str, Any]]:
         enter = {
@@ -192,11 +213,11 @@ class Experiment:
                 for s in State]
 
     def start(self) -> None:
-        """Start the engine and killer threads (after `open`)."""
-        for target, name in ((self._engine_loop, "engine"), (self._killer_loop, "killer")):
-            thread = threading.Thread(target=target, name=f"{name}-{self.dir.name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        """Start the engine thread and the supervisor's killer (after `open`)."""
+        self.sup.start(after_stop=lambda: self.post(Event(ev.STOP)))
+        self._thread = threading.Thread(target=self._engine_loop, name=f"engine-{self.dir.name}",
+                                        daemon=True)
+        self._thread.start()
 
     def post(self, event: Event) -> None:
         self.queue.put(event)
@@ -205,9 +226,9 @@ class Experiment:
         self.post(Event(ev.WAKE))
 
     def request_stop(self) -> None:
-        """STOP appeared: the killer acts now; the engine records STOPPED after."""
+        """STOP appeared: the supervisor's killer acts now; the engine records STOPPED after."""
         self._stopping = True
-        self._kill_request.set()
+        self.sup.request_stop()
 
     def shutdown(self, timeout: float | None = None, wait: bool = True) -> None:
         """Kill children cleanly, persist, leave the run resumable; waits for the engine."""
@@ -217,20 +238,19 @@ class Experiment:
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for a shutdown begun with `shutdown(wait=False)`."""
-        self._threads[0].join(timeout)
-        self._kill_request.set()
-        for thread in self._threads[1:]:
-            thread.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.sup.close(timeout)
 
     @property
     def started(self) -> bool:
-        return bool(self._threads)
+        return self._thread is not None
 
     @property
     def state(self) -> State:
         return State(self.model.state)
 
-    # ----- threads ---------------------------------------------------------------------
+    # ----- the engine thread -----------------------------------------------------------
     def _engine_loop(self) -> None:
         self._guard(self._restore)
         self._guard(self._reconcile)
@@ -254,18 +274,8 @@ class Experiment:
             fn()
         except Exception as exc:  # the engine must outlive any one bad event
             self.log.exception("engine_error", error=repr(exc))
+            self.status.error = f"internal error ({exc!r}); see logs/runner.log"
 
-    def _killer_loop(self) -> None:
-        while True:
-            self._kill_request.wait()
-            self._kill_request.clear()
-            if self._shutting_down:
-                return
-            if self._stopping:
-                self._kill_all("stopped", "STOP was requested")
-                self.post(Event(ev.STOP))
-
-    # ----- events ----------------------------------------------------------------------
     def _handle(self, event: Event) -> None:
         if event.kind == ev.EXITED:
             self._on_exited(event)
@@ -274,12 +284,12 @@ class Experiment:
             self._run_action()
 
     def _on_exited(self, event: Event) -> None:
-        if self.current is None or self.current.rec is None \
-                or event.run_id != self.current.rec.run_id:
+        run = self.sup.current
+        if run is None or event.run_id != run.run_id:
             return  # an exit from a run we no longer care about
-        if self._stopping or (self.dir / "STOP").exists():
+        if self._stopping or self.layout.stop.exists():
             return  # STOP handles it
-        self.current = None
+        self.sup.release(event.run_id)
         if event.data["kind"] == "training":
             self._training_finished(event.data["exit"])
         else:
@@ -292,24 +302,38 @@ class Experiment:
         if self._dirty:
             self._persist()
         state = self.state
+        if self.layout.retry.exists() or self.layout.retry.is_symlink():
+            self._consume_retry(state)
+            return
         if state == State.DONE:
             return
         if self._report_appeared(state):
             self._kill_all("stopped", "REPORT.md appeared")
-            self.status["stop_reason"] = self.status.get("stop_reason") or \
+            self.status.stop_reason = self.status.stop_reason or \
                 "REPORT.md appeared, which ends the run"
             self.model.reported()
             return
-        stop_present = (self.dir / "STOP").exists()
+        if self._reconcile_stop(state):
+            return
+        if state == State.IDLE:
+            self._maybe_start()
+        elif state == State.CODING and self.status.waiting_for and self.sup.current is None:
+            self._to_training()
+        elif state in (State.PLANNING, State.CODING, State.TRAINING):
+            self._check_wall_budget(state)
+
+    def _reconcile_stop(self, state: State) -> bool:
+        """Record STOP / its removal; True when the machine moved."""
+        stop_present = self.layout.stop.exists()
         if stop_present and state in RESUMABLE:
             self._stopping = True
             self._kill_all("stopped", "STOP was requested")
             self.model.stop()
-            return
+            return True
         if not stop_present and state == State.STOPPED:
             self._stopping = False
             self.model.resume()
-            return
+            return True
         if not stop_present and self._stopping and state in RESUMABLE:
             # STOP came and went before the engine saw it: the killer already acted, so
             # record the stop and the resume, which re-runs the interrupted step.
@@ -317,32 +341,37 @@ class Experiment:
             self.model.stop()
             self._stopping = False
             self.model.resume()
+            return True
+        return stop_present
+
+    def _consume_retry(self, state: State) -> None:
+        with contextlib.suppress(OSError):
+            self.layout.retry.unlink()
+        if state != State.FAILED:
+            self.log.warning("retry_ignored", state=state.value,
+                             detail="RETRY only applies to a FAILED run; the file was removed")
             return
-        if state == State.IDLE and not stop_present:
-            self._maybe_start()
-        elif state == State.CODING and self.status.get("waiting_for") and self.current is None:
-            self._to_training()
-        elif state in (State.PLANNING, State.CODING, State.TRAINING):
-            self._check_wall_budget(state)
+        self.log.info("retry_requested", to=self.status.failed_state or State.PLANNING.value)
+        self.finished.clear()
+        self.model.retry()
 
     def _report_appeared(self, state: State) -> bool:
-        if state == State.REPORTING and self.current is not None:
+        if state == State.REPORTING and self.sup.current is not None:
             return False  # the report agent is writing it; its exit advances the machine
-        if state == State.FAILED and not (self.dir / "REPORT.md").exists():
+        if state == State.FAILED and not self.layout.report.exists():
             return False
-        return check_product("report", self.dir / "REPORT.md") is None
+        return check_product("report", self.layout.report) is None
 
     def _maybe_start(self) -> None:
-        text, problem = read_text_file(self.dir / "IDEA.md", "IDEA.md")
+        text, problem = read_text_file(self.layout.idea, "IDEA.md")
         if problem:
-            self._log_once("idea", file_signature(self.dir / "IDEA.md"), "idea_unusable",
+            self._log_once("idea", file_signature(self.layout.idea), "idea_unusable",
                            problem=problem)
             return
         if text is None:
-            self._log_once("idea", None, "waiting_for_idea", path=str(self.dir / "IDEA.md"))
+            self._log_once("idea", None, "waiting_for_idea", path=str(self.layout.idea))
             return
-        self.status["started_at"] = self.status.get("started_at") or now_iso()
-        self.status["train_given"] = (self.dir / "train.py").is_file()
+        self.status.started_at = self.status.started_at or now_iso()
         self.model.start()
 
     def _log_once(self, key: str, signature: Any, event: str, **kw: Any) -> None:
@@ -373,13 +402,13 @@ class Experiment:
         if self._lock_fh is not None:
             self._lock_fh.close()
         self._lock_fh = acquire_lock(self.dir)
-        self.status = read_status(self.dir) or new_status(self.config.max_iterations)
-        self.status["daemon_pid"] = os.getpid()
+        self.status = read_status(self.dir) or Status(max_iterations=self.config.max_iterations)
+        self.status.daemon_pid = os.getpid()
         assert self.machine is not None
-        self.machine.set_state(self.status["state"])
+        self.machine.set_state(self.status.state)
         self._stopping = False
         self._write_config()
-        self.log.warning("root_replaced", path=str(self.dir), state=self.status["state"])
+        self.log.warning("root_replaced", path=str(self.dir), state=self.status.state)
         self._restore()
 
     def _ino(self) -> int | None:
@@ -390,92 +419,85 @@ class Experiment:
 
     # ----- budgets ---------------------------------------------------------------------
     def hours_spent(self) -> float:
-        started = parse_iso(self.status.get("started_at"))
+        started = parse_iso(self.status.started_at)
         return 0.0 if started is None else max(0.0, (self.wall() - started) / 3600)
+
+    def _budgets(self) -> results.Budgets:
+        c = self.config
+        return results.Budgets(
+            max_iterations=c.max_iterations, max_failures=c.max_failures, patience=c.patience,
+            max_hours=c.max_hours, max_cost_usd=c.max_cost_usd, hours=self.hours_spent(),
+            cost_usd=self.status.cost_usd)
 
     def _budget_left_s(self) -> float:
         """Seconds until --max-hours runs out (wake then), at least a short moment."""
-        if not self.config.max_hours or self.status.get("started_at") is None \
+        if not self.config.max_hours or self.status.started_at is None \
                 or self.state not in (State.PLANNING, State.CODING, State.TRAINING):
             return RECONCILE_S
         left = (self.config.max_hours - self.hours_spent()) * 3600
         return left + 0.05 if left > 0 else 1.0
 
     def _check_wall_budget(self, state: State) -> None:
-        if not self.config.max_hours or self.hours_spent() < self.config.max_hours:
+        reason = results.hours_reason(self._budgets())
+        if reason is None:
             return
-        reason = f"the wall-time budget of {self.config.max_hours:g} h (--max-hours) is spent"
         if state == State.TRAINING:
-            run = self.current
-            if isinstance(run, TrainingRun) and run.rec is not None and not run.killing \
+            run = self.sup.current
+            if isinstance(run, TrainingRun) and run.handle is not None and not run.killing \
                     and not run.stopping():
                 self.log.warning("budget_spent", detail=reason)
-                threading.Thread(target=run.kill, args=("max_hours", reason), daemon=True).start()
+                run.killing = True
+                threading.Thread(target=self.sup.kill_run, args=(run, "max_hours", reason),
+                                 daemon=True).start()
             return
         self._kill_all("max_hours", reason)
-        self.status["stop_reason"] = reason
+        self.status.stop_reason = reason
         self.model.conclude()
 
     def _budget_reason(self) -> str | None:
-        """A sentence naming the first experiment-wide budget that is spent, if any."""
-        s, c = self.status, self.config
-        if s["iteration"] >= c.max_iterations:
-            return f"reached --max-iterations {c.max_iterations}"
-        if s.get("failures", 0) >= c.max_failures:
-            return (f"{s['failures']} consecutive iterations failed "
-                    f"(--max-failures {c.max_failures})")
-        if c.patience and s.get("best") and s.get("since_best", 0) >= c.patience:
-            return (f"no improvement of the best metric for {s['since_best']} iterations "
-                    f"(--patience {c.patience})")
-        if c.max_hours and self.hours_spent() >= c.max_hours:
-            return f"the wall-time budget of {c.max_hours:g} h (--max-hours) is spent"
-        return self._cost_reason()
-
-    def _cost_reason(self) -> str | None:
-        c = self.config
-        if c.max_cost_usd and self.status.get("cost_usd", 0.0) >= c.max_cost_usd:
-            return (f"the agent cost budget of ${c.max_cost_usd:g} (--max-cost-usd) is spent "
-                    f"(${self.status['cost_usd']:.4f} so far)")
-        return None
+        s = self.status
+        return results.budget_reason(s.history, s.objective, s.iteration, self._budgets())
 
     # ----- transitions callbacks -------------------------------------------------------
     def _before_change(self, event: Any) -> None:
         src, dest = event.transition.source, event.transition.dest
-        self.status["state"] = dest
-        self.status["entered_at"] = now_iso()
+        s = self.status
+        s.state, s.entered_at = dest, now_iso()
         if dest == State.STOPPED:
-            self.status["previous_state"] = src
+            s.previous_state = src
         elif src == State.STOPPED:
-            self.status["previous_state"] = None
+            s.previous_state = None
         if dest == State.FAILED:
-            self.status["failed_state"] = src  # where `mlsm retry` sends the run back
+            s.failed_state = src  # where a retry sends the run back
+        elif src == State.FAILED:
+            s.error, s.failed_state = None, None
         if dest != src:
-            self.status["step_attempt"] = 0
+            s.step_attempt = 0
         if src == State.TRAINING and dest != src and self.slots is not None:
             self.slots.release(self)
         # The iteration moves with the transition itself, so one persist records both.
         if event.event.name == "planned":
-            self.status["iteration"] = 1  # iteration 1 is the first CODING → TRAINING → ANALYZING
+            s.iteration = 1  # iteration 1 is the first CODING → TRAINING → ANALYZING
         elif event.event.name == "iterate":
-            self.status["iteration"] += 1
+            s.iteration += 1
         if dest in (State.STOPPED, State.DONE, State.FAILED):
             self._kill_all("stopped", f"the run is {dest}")
-            self.status["agent"] = self.status["training"] = None
+            s.agent = s.training = None
         self.log.info("transition", trigger=event.event.name, src=src, dest=dest,
-                      iteration=self.status["iteration"])
+                      iteration=s.iteration)
 
     def _after_change(self, event: Any) -> None:
         dest = event.transition.dest
         self._hook_threads = [t for t in self._hook_threads if t.is_alive()]
         self._hook_threads += run_hooks(self.dir, dest, event.transition.source,
-                                        self.status["iteration"], self.config.hook_timeout,
+                                        self.status.iteration, self.config.hook_timeout,
                                         self.config.grace, self.log)
 
     def _finalize(self, event: Any) -> None:
         self._persist()
 
     def _persist(self) -> None:
-        self.status["seq"] = int(self.status.get("seq", 0)) + 1
+        self.status.seq += 1
         try:
             write_status(self.dir, self.status)
         except StoreError as exc:
@@ -500,10 +522,10 @@ class Experiment:
     def _enter_terminal(self, event: Any) -> None:
         self._kill_all("stopped", "the run ended")
         if self.state == State.DONE:
-            self.status["complete"] = True
-            self.log.info("run_done", reason=self.status.get("stop_reason"))
+            self.status.complete = True
+            self.log.info("run_done", reason=self.status.stop_reason)
         else:
-            self.log.error("run_failed", error=self.status.get("error"))
+            self.log.error("run_failed", error=self.status.error)
         self._mark_finished()
 
     def _mark_finished(self) -> None:
@@ -512,50 +534,66 @@ class Experiment:
             self.on_finished()
 
     def _enter_coding(self, event: Any) -> None:
-        if self.status["iteration"] == 1 and check_product("code", self.dir / "train.py") is None:
+        if self.status.objective is None:
+            self._settle_objective(None)
+        if self.status.iteration == 1 and check_product("code", self.layout.train) is None:
             self.log.info("train_given", detail="train.py runs unchanged as the baseline")
             self._to_training()
             return
         self._start_agent("code")
 
     def _enter_agent_state(self, event: Any) -> None:
-        role: Role = AGENT_ROLE[self.state]  # type: ignore[assignment]  # table holds Roles
-        if role == "plan" and check_product("plan", self.dir / "PLAN.md") is None:
+        role = AGENT_ROLE[self.state]
+        if role == "plan" and check_product("plan", self.layout.plan) is None:
             self.log.info("plan_given", detail="PLAN.md is present: planning skipped")
             self.model.planned()
             return
-        if role == "analyze" and check_product("analyze", self._run_dir("analyze")
-                                               / "decision.json") is None:
+        if role == "analyze" and check_product("analyze", self._decision_path()) is None:
             self._decide()
             return
         self._start_agent(role)
 
+    # ----- the objective, once ---------------------------------------------------------
+    def _settle_objective(self, result: dict[str, Any] | None) -> None:
+        plan, _ = read_text_file(self.layout.plan, "PLAN.md")
+        c = self.config
+        objective = results.settle(c.objective, c.goal, c.sources.get("objective"), plan, result)
+        if objective is not None:
+            self.status.objective = objective
+            self.log.info("objective_settled", name=objective.name, goal=objective.goal,
+                          source=objective.source)
+
     # ----- agent steps -----------------------------------------------------------------
-    def _run_dir(self, role: str) -> Path:
-        if role == "plan":
-            return self.dir / "logs" / "plan"
-        if role == "report":
-            return self.dir / "logs" / "report"
-        return self.dir / "logs" / f"iter_{self.status['iteration']:03d}"
+    def _decision_path(self) -> Path:
+        return self.layout.product("analyze", self.status.iteration)
 
     def _prompt_context(self) -> dict[str, Any]:
-        idea, _ = read_text_file(self.dir / "IDEA.md", "IDEA.md")
-        return {"idea": idea or "", "history": history_markdown(self.status.get("history", []))}
+        idea, _ = read_text_file(self.layout.idea, "IDEA.md")
+        s = self.status
+        objective = s.objective
+        return {
+            "idea": idea or "",
+            "history": results.history_markdown(s.history, objective),
+            "best": results.best_sentence(s.history, objective),
+            "objective": f"{objective.goal} {objective.name}" if objective else "not settled yet",
+            "objective_note": (f"mlsm was told to {objective.goal} `{objective.name}`: declare "
+                               f"exactly that." if objective else ""),
+        }
 
     def _start_agent(self, role: Role) -> None:
         if self._stopping:
             return
         try:
-            step = prepare_step(role, self.dir, self._run_dir(role), self.status["iteration"],
-                                self.status.get("step_attempt", 0) + 1, self.config,
-                                self._prompt_context())
+            step = prepare_step(role, self.dir, self.layout.step_dir(role, self.status.iteration),
+                                self.status.iteration, self.status.step_attempt + 1,
+                                self.config, self._prompt_context(), self.status.cost_usd)
         except OSError as exc:
             self._environment_error(f"cannot prepare the {role} step", exc)
             return
-        run = AgentRun(self.backend(), step, self.post, self.log, self.clock,
-                       stopping=lambda: self._stopping or self._shutting_down)
+        run = AgentRun(self.backend(), step, get_launcher("local"), step.run_dir, self.post,
+                       self.log, self.clock, stopping=self._halting)
         try:
-            rec = run.spawn()
+            handle = run.spawn()
         except OSError as exc:
             if exc.errno in DISK_ERRNOS:
                 self._environment_error(f"cannot start the {role} agent", exc)
@@ -563,26 +601,29 @@ class Experiment:
             self._step_failed(role, AgentOutcome(
                 ok=False, reason=f"the {role} agent could not start: {exc.strerror or exc}"))
             return
-        self.current = run
-        self.status["agent"] = {**rec.to_json(), "role": role, "transcript": str(step.transcript)}
+        self.sup.adopt(run)
+        self.status.agent = {**handle, "role": role, "transcript": str(step.transcript)}
         self._persist()
-        self.log.info("agent_started", role=role, pid=rec.pid, attempt=step.attempt,
+        self.log.info("agent_started", role=role, pid=handle.get("pid"), attempt=step.attempt,
                       transcript=str(step.transcript))
         run.watch()
 
+    def _halting(self) -> bool:
+        return self._stopping or self._shutting_down
+
     def _agent_finished(self, outcome: AgentOutcome) -> None:
-        role: Role = AGENT_ROLE[self.state]  # type: ignore[assignment]
-        self.status["agent"] = None
-        self.status["cost_usd"] = round(self.status.get("cost_usd", 0.0) + outcome.cost_usd, 6)
+        role = AGENT_ROLE[self.state]
+        self.status.agent = None
+        self.status.cost_usd = round(self.status.cost_usd + outcome.cost_usd, 6)
         self.log.info("agent_exited", role=role, ok=outcome.ok, reason=outcome.reason,
                       turns=outcome.turns, cost_usd=outcome.cost_usd)
         if not outcome.ok:
             self._step_failed(role, outcome)
             return
-        self.status["error"] = None
-        cost = self._cost_reason()
+        self.status.error = None
+        cost = results.cost_reason(self._budgets())
         if cost and role in ("plan", "code"):
-            self.status["stop_reason"] = cost
+            self.status.stop_reason = cost
             self.model.conclude()
         elif role == "plan":
             self.model.planned()
@@ -594,27 +635,27 @@ class Experiment:
             self.model.reported()
 
     def _step_failed(self, role: Role, outcome: AgentOutcome) -> None:
-        attempt = self.status.get("step_attempt", 0) + 1
-        self.status["step_attempt"] = attempt
-        self.status["agent"] = None
-        self.status["error"] = outcome.reason
-        if outcome.retryable and attempt <= self.config.agent_retries:
-            delay = self.config.retry_backoff * 2 ** (attempt - 1)
-            self.log.warning("agent_step_failed", role=role, attempt=attempt,
+        s = self.status
+        s.step_attempt += 1
+        s.agent = None
+        s.error = outcome.reason
+        if outcome.retryable and s.step_attempt <= self.config.agent_retries:
+            delay = self.config.retry_backoff * 2 ** (s.step_attempt - 1)
+            self.log.warning("agent_step_failed", role=role, attempt=s.step_attempt,
                              retry_in_s=delay, reason=outcome.reason)
             self._persist()
             self._schedule_retry(delay)
             return
-        tries = f"after {attempt} attempt{'s' if attempt > 1 else ''}"
-        self.status["error"] = f"the {role} step failed {tries}: {outcome.reason}"
+        tries = f"after {s.step_attempt} attempt{'s' if s.step_attempt > 1 else ''}"
+        s.error = f"the {role} step failed {tries}: {outcome.reason}"
         self.model.fail()
 
     def _environment_error(self, what: str, exc: OSError) -> None:
         """A full disk or the like: not the agent's fault; say so once and retry the action."""
         sentence = (f"{what}: {exc.strerror or exc}; retrying every {DIRTY_RETRY_S:g} s "
                     f"(free disk space or fix permissions in {self.dir})")
-        if self.status.get("error") != sentence:
-            self.status["error"] = sentence
+        if self.status.error != sentence:
+            self.status.error = sentence
             self.log.error("environment_error", detail=sentence)
         self._schedule_retry(DIRTY_RETRY_S)
 
@@ -627,32 +668,46 @@ class Experiment:
 
     # ----- analysis and iterations -----------------------------------------------------
     def _decide(self) -> None:
-        decision = read_decision(self._run_dir("analyze") / "decision.json")
-        self.log.info("decision", iteration=self.status["iteration"],
+        decision = read_decision(self._decision_path())
+        self.log.info("decision", iteration=self.status.iteration,
                       decision=decision["decision"], reason=decision["reason"])
+        row = self._row(self.status.iteration)
+        if row is not None:
+            row.decision, row.decision_reason = decision["decision"], decision["reason"][:500]
+            self._write_ledger()
         if decision["decision"] == "finish":
-            self.status["stop_reason"] = f"the agent decided to finish: {decision['reason']}"
+            self.status.stop_reason = f"the agent decided to finish: {decision['reason'][:500]}"
             self.model.conclude()
             return
         budget = self._budget_reason()
         if budget:
-            self.status["stop_reason"] = budget
+            self.status.stop_reason = budget
             self.model.conclude()
             return
         self.model.iterate()
+
+    def _row(self, iteration: int) -> Row | None:
+        return next((r for r in self.status.history if r.iteration == iteration), None)
+
+    def _write_ledger(self) -> None:
+        text = results.ledger_text(self.status.history, self.status.objective)
+        try:
+            write_atomic(self.layout.ledger, text.encode())
+        except OSError as exc:
+            self.log.error("ledger_write_failed", error=exc.strerror or str(exc))
 
     # ----- training --------------------------------------------------------------------
     def _to_training(self) -> None:
         """CODING is done: train now, or wait in CODING for a slot (--max-parallel)."""
         if self.slots is not None and not self.slots.try_acquire(self, self.wake):
-            if not self.status.get("waiting_for"):
-                self.status["waiting_for"] = (
+            if not self.status.waiting_for:
+                self.status.waiting_for = (
                     f"a training slot: {self.slots.in_use} of --max-parallel "
                     f"{self.slots.limit} experiments are training")
-                self.log.info("waiting_for_slot", detail=self.status["waiting_for"])
+                self.log.info("waiting_for_slot", detail=self.status.waiting_for)
                 self._persist()
             return
-        self.status["waiting_for"] = None
+        self.status.waiting_for = None
         self.model.coded()
 
     def _enter_training(self, event: Any) -> None:
@@ -660,126 +715,91 @@ class Experiment:
             return
         run = self._training_run()
         try:
-            rec = run.spawn()
+            handle = run.spawn()
         except OSError as exc:
             self._environment_error("cannot start training", exc)
             return
-        self.status["training"] = {**rec.to_json(), "run_dir": str(run.run_dir)}
+        self.status.training = {**handle, "run_dir": str(run.run_dir)}
         self._persist()
         if self._dirty:  # identity not on disk: never start what a restart could start twice
             run.cancel()
-            self.status["training"] = None
+            self.status.training = None
             self._schedule_retry(DIRTY_RETRY_S)
             return
-        self.current = run
-        if (self.status.get("error") or "").startswith("cannot start training"):
-            self.status["error"] = None
+        self.sup.adopt(run)
+        if (self.status.error or "").startswith("cannot start training"):
+            self.status.error = None
         run.release()
-        self.log.info("training_started", iteration=self.status["iteration"], pid=rec.pid,
-                      run_dir=str(run.run_dir))
+        if run.withheld:
+            self._log_once("withheld", tuple(run.withheld), "environment_withheld",
+                           names=run.withheld,
+                           hint="secrets stay out of training; pass one with --train-env NAME")
+        self.log.info("training_started", iteration=self.status.iteration,
+                      pid=handle.get("pid"), run_dir=str(run.run_dir))
 
     def _training_run(self) -> TrainingRun:
-        return TrainingRun(self.dir, self._run_dir("code"), self.status["iteration"],
-                           self.config, self.post, self.log, self.clock,
-                           stopping=lambda: self._stopping or self._shutting_down)
+        it = self.status.iteration
+        return TrainingRun(self.layout, it, self.config, get_launcher(self.config.launcher),
+                           self.layout.iteration_dir(it), self.post, self.log, self.clock,
+                           stopping=self._halting)
 
     def _training_finished(self, exit_record: dict[str, Any]) -> None:
-        self.status["training"] = None
-        row = self._history_row(exit_record)
-        self.status.setdefault("history", []).append(row)
-        self._update_best(row)
-        self.log.info("training_exited", **{k: v for k, v in row.items() if k != "iteration"},
-                      iteration=row["iteration"])
+        s = self.status
+        s.training = None
+        run_dir = self.layout.iteration_dir(s.iteration)
+        if s.objective is None:
+            self._settle_objective(rundir.read_result(run_dir))
+        value, source = results.measure(run_dir, s.objective)
+        row = results.make_row(s.iteration, exit_record, s.objective, value, source)
+        row.commit = self._commit(run_dir, row)
+        s.history = [r for r in s.history if r.iteration != row.iteration] + [row]
+        self._write_ledger()
+        self.log.info("training_exited", iteration=row.iteration, outcome=row.outcome,
+                      reason=row.reason, returncode=row.returncode, metric=row.metric,
+                      value=row.value, source=row.source, leftovers=row.leftovers,
+                      commit=row.commit)
         self.model.trained()
 
-    def _history_row(self, exit_record: dict[str, Any]) -> dict[str, Any]:
-        run_dir = self._run_dir("code")
-        ok = exit_record.get("returncode") == 0 and exit_record.get("reason") == "exited"
-        row: dict[str, Any] = {
-            "iteration": self.status["iteration"], "outcome": "ok" if ok else "failed",
-            "reason": exit_record.get("reason"), "returncode": exit_record.get("returncode"),
-            "duration_s": exit_record.get("duration_s"), "metric": None, "value": None,
-            "goal": None,
-        }
-        result = read_json_object(run_dir / "result.json") or {}
-        metrics = result.get("metrics")
-        if isinstance(metrics, dict) and metrics:
-            name = self.config.objective or result.get("objective") or next(iter(metrics))
-            value = metrics.get(name)
-            row["metric"], row["goal"] = name, self.config.goal or result.get("goal") or "minimize"
-            if isinstance(value, int | float) and math.isfinite(value):
-                row["value"] = float(value)
-        if ok and row["value"] is None:
-            row["outcome"] = "no_result"
-        return row
-
-    def _update_best(self, row: dict[str, Any]) -> None:
-        s = self.status
-        # A run that exits cleanly without a result is not a failure (a plain script may not
-        # call hooks.result); crashes, kills and non-zero exits are.
-        s["failures"] = s.get("failures", 0) + 1 if row["outcome"] == "failed" else 0
-        value, best = row["value"], s.get("best")
-        if value is None:
-            if best:
-                s["since_best"] = s.get("since_best", 0) + 1
-            return
-        better = best is None or (value < best["value"] if row["goal"] == "minimize"
-                                  else value > best["value"])
-        if better:
-            s["best"] = {"iteration": row["iteration"], "metric": row["metric"],
-                         "value": value, "goal": row["goal"]}
-            s["since_best"] = 0
-        else:
-            s["since_best"] = s.get("since_best", 0) + 1
+    def _commit(self, run_dir: Path, row: Row) -> str | None:
+        """Provenance: the directory as this iteration ran it, in mlsm's own git repository."""
+        try:
+            commit = provenance.commit_iteration(
+                self.dir, row.iteration, f"iteration {row.iteration}: {row.outcome}"
+                + (f", {row.metric} = {row.value:.6g}" if row.value is not None else ""))
+            provenance.record_outer(run_dir, self.dir)
+        except provenance.ProvenanceError as exc:
+            self._log_once("provenance", str(exc), "provenance_failed", error=str(exc))
+            return None
+        if commit:
+            with contextlib.suppress(OSError):
+                write_atomic(run_dir / rundir.COMMIT, f"{commit}\n".encode())
+        return commit
 
     # ----- killing ---------------------------------------------------------------------
-    def _records(self) -> list[tuple[str, ProcRecord]]:
-        out = []
-        for key in ("agent", "training"):
-            doc = self.status.get(key)
-            if isinstance(doc, dict):
-                out.append((key, ProcRecord.from_json(doc)))
-        run = self.current
-        if run is not None and run.rec is not None and all(
-                r.run_id != run.rec.run_id for _, r in out):
-            out.append(("training" if isinstance(run, TrainingRun) else "agent", run.rec))
+    def _recorded(self) -> list[Recorded]:
+        out: list[Recorded] = []
+        for kind in ("agent", "training"):
+            doc = getattr(self.status, kind)
+            if isinstance(doc, dict) and doc.get("run_id"):
+                run_dir = Path(doc["run_dir"]) if isinstance(doc.get("run_dir"), str) else None
+                out.append((kind, doc, run_dir))
         return out
 
     def _kill_all(self, reason: str, detail: str) -> None:
-        """Kill the agent's and the training's trees (TERM, grace, KILL); safe to repeat."""
-        with self._kill_lock:  # the killer and the engine's sweep never kill in parallel
-            self._kill_all_locked(reason, detail)
-
-    def _kill_all_locked(self, reason: str, detail: str) -> None:
-        run = self.current
-        if run is not None:
-            run.abandon()
-        for key, rec in self._records():
-            if key == "training":
-                run_dir = Path((self.status.get("training") or {}).get("run_dir")
-                               or self._run_dir("code"))
-                if procs.same_process(rec):
-                    write_kill_note(run_dir, reason, detail)
-            found = procs.kill_tree(rec, self.config.grace)
-            if found:
-                self.log.info("tree_killed", kind=key, pid=rec.pid, processes=found,
-                              reason=reason)
-        if run is not None and run.popen is not None:
-            with contextlib.suppress(Exception):
-                procs.wait_exit(run.popen, 1)
-        self.current = None
+        """Ask the supervisor to kill the agent's and the training's trees; safe to repeat."""
+        self.sup.kill_all(reason, detail)
 
     # ----- restore and shutdown --------------------------------------------------------
     def _restore(self) -> None:
         """`on_enter` does not run for the initial state: reconcile it explicitly."""
         state = self.state
-        self.log.info("daemon_started", state=state.value, iteration=self.status["iteration"],
+        self.log.info("daemon_started", state=state.value, iteration=self.status.iteration,
                       pid=os.getpid())
         if state in (State.DONE, State.FAILED):
             self._mark_finished()
             return
-        if (self.dir / "STOP").exists() or state == State.STOPPED:
-            if (self.dir / "STOP").exists():
+        if self.layout.stop.exists() or state == State.STOPPED:
+            if self.layout.stop.exists():
                 self._stopping = True
             self._kill_all("stopped", "STOP is present")
             return
@@ -789,52 +809,52 @@ class Experiment:
             self._restore_agent_state()
 
     def _restore_agent_state(self) -> None:
-        agent = self.status.get("agent")
-        if isinstance(agent, dict):
-            rec = ProcRecord.from_json(agent)
-            if procs.same_process(rec):
-                self.log.warning("orphan_agent_killed", pid=rec.pid, role=agent.get("role"))
-                procs.kill_tree(rec, self.config.grace)
-            self.status["agent"] = None
+        agent = self.status.agent
+        if isinstance(agent, dict) and launcher_of(agent).alive(agent):
+            self.log.warning("orphan_agent_killed", pid=agent.get("pid"), role=agent.get("role"))
+        self._kill_all("restart", "a previous daemon's agent step is not resumed")
+        self.status.agent = None
         self._persist()
         self._run_action()
 
     def _restore_training(self) -> None:
-        doc = self.status.get("training")
+        doc = self.status.training
         run = self._training_run()
-        if not isinstance(doc, dict):
+        if not isinstance(doc, dict) or not doc.get("run_id"):
+            self.status.training = None
             self._run_action()  # the previous daemon died before launching: launch now
             return
-        rec = ProcRecord.from_json(doc)
-        if not doc.get("interrupted") and procs.same_process(rec):
-            self.log.info("training_reattached", pid=rec.pid, iteration=self.status["iteration"])
+        if not doc.get("interrupted") and run.attach(doc, parse_iso(doc.get("started_at"))):
+            self.log.info("training_reattached", pid=doc.get("pid"),
+                          iteration=self.status.iteration)
             if self.slots is not None:
                 self.slots.force(self)
-            self.current = run
-            run.attach(rec, parse_iso(rec.started_at))
+            self.sup.adopt(run)
             return
-        exit_record = read_exit(run.run_dir)
+        exit_record = rundir.read_exit(run.run_dir)
         if exit_record is not None and not doc.get("interrupted") \
-                and exit_record.get("pid") in (rec.pid, None):
-            self.log.info("training_ended_while_down", iteration=self.status["iteration"])
-            self.current = None
+                and exit_record.get("pid") in (doc.get("pid"), None):
+            self.log.info("training_ended_while_down", iteration=self.status.iteration)
+            exit_record["run_id"] = doc.get("run_id")
+            exit_record["leftovers"] = launcher_of(doc).leftovers(doc, self.config.grace)
             self._training_finished(exit_record)
             return
         why = "interrupted by the previous daemon's shutdown" if doc.get("interrupted") \
             else "lost: it ended while no daemon watched and left no exit.json"
-        self.log.warning("training_rerun", iteration=self.status["iteration"], why=why)
-        self.status["training"] = None
+        self.log.warning("training_rerun", iteration=self.status.iteration, why=why)
+        self._kill_all("restart", why)
+        self.status.training = None
         self._run_action()
 
     def _shutdown(self) -> None:
         self._shutting_down = True
         if self._retry_timer is not None:
             self._retry_timer.cancel()
-        for key in ("agent", "training"):
-            if isinstance(self.status.get(key), dict):
-                self.status[key]["interrupted"] = True
+        for doc in (self.status.agent, self.status.training):
+            if isinstance(doc, dict):
+                doc["interrupted"] = True
         self._kill_all("shutdown", "the daemon is shutting down")
-        self.status["daemon_pid"] = None
+        self.status.daemon_pid = None
         self._persist()
         for thread in self._hook_threads:  # let an on-done notification finish (time-limited)
             thread.join(self.config.hook_timeout + self.config.grace + 1)

@@ -150,7 +150,7 @@ def test_status_json_survives_as_seed_format(exp: Experiment) -> None:
     (exp.path / "status.json").write_text(json.dumps(
         {"iteration": 0, "timestamp": "2024-01-01T00:00:00", "complete": False}))
     assert exp.mlsm("run", "--max-iterations", "1").wait() == 0
-    assert exp.status()["schema"] == 1
+    assert exp.status()["schema"] == 2
 
 
 def test_agent_with_a_silent_transcript_counts_as_hung(exp: Experiment) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -19,8 +20,8 @@ import pytest
 
 from mlsm.handlers.agents.base import AgentOutcome, AgentStep, Role, check_product, read_decision
 from mlsm.handlers.agents.claude import ClaudeAgent, session_id
-from mlsm.machine.config import Config
-from mlsm.machine.errors import AgentUnavailableError
+from mlsm.machine.core.config import Config
+from mlsm.machine.core.errors import AgentUnavailableError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -196,8 +197,8 @@ def test_argv_adds_installers_model_and_skip_permissions_only_when_asked(tmp_pat
 
 def test_argv_caps_spending_at_what_is_left_except_for_the_report(tmp_path: Path) -> None:
     agent = ClaudeAgent()
-    step = make_step(tmp_path, "code", Config(max_cost_usd=2.0))
-    (step.exp_dir / "status.json").write_text(json.dumps({"cost_usd": 0.5}))
+    step = dataclasses.replace(make_step(tmp_path, "code", Config(max_cost_usd=2.0)),
+                               spent_usd=0.5)  # the daemon's ledger, handed to the step
     argv = agent.argv(step)
     assert argv[argv.index("--max-budget-usd") + 1] == "1.5000"
     assert "--max-budget-usd" not in agent.argv(make_step(tmp_path, "code"))

@@ -13,8 +13,8 @@ import pytest
 
 from mlsm.handlers.agents.base import AgentOutcome, AgentStep, Role, check_product, read_decision
 from mlsm.handlers.agents.codex import CodexAgent, last_message_path, schema_path
-from mlsm.machine.config import Config
-from mlsm.machine.errors import AgentUnavailableError
+from mlsm.machine.core.config import Config
+from mlsm.machine.core.errors import AgentUnavailableError
 
 FAKE_CODEX = Path(__file__).with_name("fake_codex.py")
 THREAD = "0199a213-81c0-7800-8aa1-bbab2a035a53"

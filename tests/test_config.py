@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mlsm.machine.config import OPTIONS, Config, resolve
-from mlsm.machine.errors import ConfigError
+from mlsm.machine.core.config import OPTIONS, Config, resolve
+from mlsm.machine.core.errors import ConfigError
 
 
 def test_defaults(tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ from collections import Counter
 import pytest
 from helpers import Experiment, Mlsm, gone, wait_for
 
-from mlsm.machine import procs, store
+from mlsm.handlers.launchers import local
+from mlsm.machine.core import store
+from mlsm.machine.core.status import Status, write_status
 
 COUNTED_TRAIN = '''\
 import os, random, time
@@ -102,14 +104,14 @@ def test_after_a_reboot_recorded_processes_are_gone(exp: Experiment) -> None:
         exp.write("IDEA.md", "x")
         exp.write("PLAN.md", "# plan\n")
         exp.write("train.py", COUNTED_TRAIN)
-        status = store.new_status(1)
-        status.update(state="training", iteration=1, started_at=store.now_iso())
-        status["training"] = {
+        status = Status(max_iterations=1, state="training", iteration=1,
+                        started_at=store.now_iso())
+        status.training = {
             "pid": bystander.pid, "pgid": bystander.pid, "boot_id": "another-boot",
-            "start_ticks": procs.start_ticks(bystander.pid), "run_id": "old",
+            "start_ticks": local.start_ticks(bystander.pid), "run_id": "old",
             "cmd": ["python", "train.py"], "started_at": store.now_iso(),
             "run_dir": str(exp.path / "logs" / "iter_001")}
-        store.write_status(exp.path, status)
+        write_status(exp.path, status)
         assert exp.mlsm("run", "--max-iterations", "1").wait() == 0
         assert bystander.poll() is None  # same pid number, but not ours: left alone
         assert "training_rerun" in exp.runner_log()

@@ -8,8 +8,8 @@ from typing import Any
 
 from helpers import Experiment
 
+from mlsm.handlers.environment import training_env
 from mlsm.machine.daemon import OverflowHandler
-from mlsm.machine.procs import training_env
 
 DUMP_ENV = "import json, os\njson.dump(dict(os.environ), open('env.json', 'w'))\n"
 SECRETS = {
@@ -20,7 +20,7 @@ SECRETS = {
 }
 
 
-def test_training_env_is_an_allow_list(exp: Experiment) -> None:
+def test_training_env_withholds_secrets_only(exp: Experiment) -> None:
     exp.write("IDEA.md", "x")
     exp.write("train.py", DUMP_ENV)
     run = exp.mlsm("run", "--max-iterations", "1", "--train-env", "WANDB_MODE",
@@ -32,16 +32,20 @@ def test_training_env_is_an_allow_list(exp: Experiment) -> None:
     assert leaked == []
     assert env["MY_SERVICE_TOKEN"] == "t"  # named by the person: passed on purpose
     assert env["WANDB_MODE"] == "offline" and env["CUDA_VISIBLE_DEVICES"] == "0"
-    assert "SOMETHING_RANDOM" not in env
+    assert env["SOMETHING_RANDOM"] == "r"  # ordinary variables pass (secrets never do)
+    assert "environment_withheld" in exp.runner_log()
     assert env["MLSM_RUN_DIR"].endswith("iter_001") and env["PYTHONUNBUFFERED"] == "1"
     agent_env_seen = (exp.path / "logs" / "iter_001" / "agent_analyze.log").exists()
     assert agent_env_seen  # the agent ran with the full environment (it needs its keys)
 
 
 def test_training_env_unit() -> None:
-    env = training_env({"PATH": "/bin", "LC_ALL": "C", "OPENAI_API_KEY": "x", "X": "y"},
-                       extra=("X",))
-    assert env == {"PATH": "/bin", "LC_ALL": "C", "X": "y", "PYTHONUNBUFFERED": "1"}
+    env, held = training_env({"PATH": "/bin", "LC_ALL": "C", "OPENAI_API_KEY": "x",
+                              "MY_TOKEN": "t", "DATA_DIR": "/d", "HF_DATASETS_CACHE": "/c"},
+                             extra=("MY_TOKEN",))
+    assert env == {"PATH": "/bin", "LC_ALL": "C", "MY_TOKEN": "t", "DATA_DIR": "/d",
+                   "HF_DATASETS_CACHE": "/c", "PYTHONUNBUFFERED": "1"}
+    assert held == ["OPENAI_API_KEY"]
 
 
 class _FakeExp:

@@ -154,7 +154,7 @@ def test_status_shows_progress_and_eta_of_a_running_training(exp: Experiment) ->
 def test_follow_view_renders_every_experiment(exp: Experiment, tmp_path: Path) -> None:
     from rich.console import Console
 
-    from mlsm.machine.live import render
+    from mlsm.machine.views.live import render
 
     exp.write("IDEA.md", "x")
     assert exp.mlsm("run", "--max-iterations", "1").wait() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -43,3 +44,40 @@ def test_daemon_modules_never_import_torch_or_optuna() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "[]"
+
+
+def _lint_imports(config: Path, cwd: Path, env: dict[str, str] | None = None) -> str:
+    linter = Path(sys.executable).parent / "lint-imports"
+    if not linter.exists():
+        pytest.skip("import-linter is not installed (pip install -e '.[dev]')")
+    done = subprocess.run([str(linter), "--config", str(config), "--no-cache"], cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=300)
+    return f"rc={done.returncode}\n{done.stdout}{done.stderr}"
+
+
+def test_layers_import_one_way() -> None:
+    said = _lint_imports(REPO / "pyproject.toml", REPO)
+    assert said.startswith("rc=0") and "3 kept, 0 broken" in said, said
+
+
+def test_a_wrong_way_import_breaks_the_layers(tmp_path: Path) -> None:
+    """A copy of the three packages under another name, with hooks importing the engine."""
+    import mlsm.handlers
+    import mlsm.hooks
+    import mlsm.machine
+
+    root = tmp_path / "xmlsm"
+    for pkg in (mlsm.machine, mlsm.handlers, mlsm.hooks):
+        src = Path(next(iter(pkg.__path__)))
+        shutil.copytree(src, root / src.name, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    for py in root.rglob("*.py"):
+        py.write_text(py.read_text().replace("mlsm.", "xmlsm."))
+    config = tmp_path / "pyproject.toml"
+    config.write_text((REPO / "pyproject.toml").read_text().replace('"mlsm.', '"xmlsm.'))
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(tmp_path)}
+    assert _lint_imports(config, tmp_path, env).startswith("rc=0")
+    layout = root / "hooks" / "layout.py"
+    layout.write_text(layout.read_text() + "\nfrom xmlsm.machine import engine  # wrong way\n")
+    said = _lint_imports(config, tmp_path, env)
+    assert not said.startswith("rc=0") and "BROKEN" in said, said
+    assert "xmlsm.hooks.layout -> xmlsm.machine.engine" in said, said

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlsm.machine.sentinel import HeartbeatWatch
+from mlsm.handlers.sentinel import HeartbeatWatch
 
 
 class Clock:

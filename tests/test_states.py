@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from transitions import Machine, MachineError
 
-from mlsm.machine.states import RESUMABLE, TRANSITIONS, WORKING, State, mermaid
+from mlsm.machine.core.states import RESUMABLE, TRANSITIONS, WORKING, State, mermaid
 
 
 class Model:

@@ -9,14 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from mlsm.machine import store
-from mlsm.machine.errors import InputError
+from mlsm.machine.core import status as store
+from mlsm.machine.core import store as files
+from mlsm.machine.core.errors import InputError
+from mlsm.machine.core.status import Status
 
 
 def test_roundtrip_and_no_temp_left(tmp_path: Path) -> None:
-    doc = store.new_status(5)
+    doc = Status(max_iterations=5)
     store.write_status(tmp_path, doc)
     assert store.read_status(tmp_path) == doc
+    assert json.loads((tmp_path / "status.json").read_text())["schema"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
 
 
@@ -25,7 +28,7 @@ def test_missing_is_none(tmp_path: Path) -> None:
 
 
 def test_disk_full_keeps_last_good_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    good = store.new_status(5)
+    good = Status(max_iterations=5)
     store.write_status(tmp_path, good)
     before = (tmp_path / "status.json").read_bytes()
     real_write = os.write
@@ -35,8 +38,8 @@ def test_disk_full_keeps_last_good_state(tmp_path: Path, monkeypatch: pytest.Mon
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "write", full)
-    with pytest.raises(store.StoreError, match=r"No space left on device.*retried"):
-        store.write_status(tmp_path, {**good, "iteration": 3})
+    with pytest.raises(files.StoreError, match=r"No space left on device.*retried"):
+        store.write_status(tmp_path, Status(max_iterations=5, iteration=3))
     monkeypatch.undo()
     assert (tmp_path / "status.json").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
@@ -45,7 +48,7 @@ def test_disk_full_keeps_last_good_state(tmp_path: Path, monkeypatch: pytest.Mon
 def test_stray_temps_removed(tmp_path: Path) -> None:
     (tmp_path / ".status.json.123.tmp").write_text("{partial")
     (tmp_path / "keep.tmp").write_text("x")
-    removed = store.remove_stray_temps(tmp_path)
+    removed = files.remove_stray_temps(tmp_path)
     assert [p.name for p in removed] == [".status.json.123.tmp"]
     assert (tmp_path / "keep.tmp").exists()
 
@@ -53,7 +56,8 @@ def test_stray_temps_removed(tmp_path: Path) -> None:
 @pytest.mark.parametrize("content,needle", [
     (b"", "corrupt (Expecting value"),
     (b'{"schema": 1, "state": "idle", "iteration": -1}', "iteration must be"),
-    (b'{"schema": 1, "state": "idle", "iteration": 0, "training": 5}', "training must be"),
+    (b'{"schema": 1, "state": "idle", "iteration": 0, "training": 5}',
+     "training has the wrong type"),
     (b'{"schema": 99}', "schema 99"),
     (b"[1, 2]", "not a JSON object"),
 ])
@@ -74,4 +78,4 @@ def test_seed_format_adopted(tmp_path: Path) -> None:
     (tmp_path / "status.json").write_text(json.dumps(
         {"iteration": 4, "timestamp": "x", "complete": True}))
     doc = store.read_status(tmp_path)
-    assert doc is not None and doc["state"] == "done" and doc["iteration"] == 4
+    assert doc is not None and doc.state == "done" and doc.iteration == 4

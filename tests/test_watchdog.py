@@ -10,8 +10,10 @@ from pathlib import Path
 
 from helpers import Experiment, Mlsm, gone, wait_for
 
-from mlsm.machine import procs, store
-from mlsm.machine.store import read_json_object
+from mlsm.handlers.launchers import local
+from mlsm.machine.core import store
+from mlsm.machine.core.status import Status, write_status
+from mlsm.machine.core.store import read_json_object
 
 FAST_BEATS = {"MLSM_HEARTBEAT_INTERVAL": "0.05", "FAKE_DECISION": "finish"}
 BEAT_UNTIL_MARKER = '''\
@@ -140,7 +142,8 @@ def test_watchdog_kills_hung_training_of_a_dead_daemon(exp: Experiment) -> None:
     daemon.wait()
     assert not gone(pid)
     healthy = Mlsm(["watchdog", str(exp.path)], exp.path.parent, exp.env)
-    assert healthy.wait() == 0, healthy.output()
+    assert healthy.wait() == 5, healthy.output()  # the run is fine, its daemon is not
+    assert "no daemon is running, but the run is in TRAINING" in healthy.output()
     assert "healthy" in healthy.output() and "daemon not running" in healthy.output()
     exp.write("hang_now", "")
 
@@ -162,16 +165,16 @@ def test_watchdog_kills_hung_training_of_a_dead_daemon(exp: Experiment) -> None:
 def test_watchdog_never_kills_a_recycled_pid(exp: Experiment, tmp_path: Path) -> None:
     bystander = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     try:
-        status = store.new_status(3)
-        status.update(state="training", iteration=1, started_at=store.now_iso())
-        status["training"] = {
-            "pid": bystander.pid, "pgid": bystander.pid, "boot_id": procs.boot_id(),
-            "start_ticks": (procs.start_ticks(bystander.pid) or 0) + 12345,
+        status = Status(max_iterations=3, state="training", iteration=1,
+                        started_at=store.now_iso())
+        status.training = {
+            "pid": bystander.pid, "pgid": bystander.pid, "boot_id": local.boot_id(),
+            "start_ticks": (local.start_ticks(bystander.pid) or 0) + 12345,
             "run_id": "recycled", "cmd": ["python", "train.py"], "started_at": store.now_iso(),
         }
-        store.write_status(exp.path, status)
+        write_status(exp.path, status)
         run = Mlsm(["watchdog", str(exp.path), "--kill"], exp.path.parent, exp.env)
-        assert run.wait() == 0, run.output()
+        assert run.wait() == 5, run.output()  # a run in TRAINING without a daemon
         assert "belongs to another process" in run.output()
         assert bystander.poll() is None
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from mlsm.handlers.agents.base import AgentBackend
-from mlsm.machine.errors import ConfigError
+from mlsm.machine.core.errors import ConfigError
 
 _BACKENDS = {
     "command": "mlsm.handlers.agents.command:CommandAgent",

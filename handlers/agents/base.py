@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from mlsm.machine.config import Config
+from mlsm.hooks.layout import Layout
+from mlsm.hooks.rundir import DECISION, read_capped, read_object
+from mlsm.machine.core.config import Config
 
 Role = Literal["plan", "code", "analyze", "report"]
 ROLES: tuple[Role, ...] = ("plan", "code", "analyze", "report")
@@ -38,6 +40,7 @@ class AgentStep:
     prompt_file: Path
     transcript: Path
     config: Config
+    spent_usd: float = 0.0  # what the experiment's agents have cost so far (the daemon's ledger)
 
     @property
     def product(self) -> Path:
@@ -76,25 +79,26 @@ class AgentBackend(Protocol):
 
 def product_path(role: Role, exp_dir: Path, run_dir: Path) -> Path:
     """Where the product of `role` lives."""
-    return {
-        "plan": exp_dir / "PLAN.md",
-        "code": exp_dir / "train.py",
-        "analyze": run_dir / "decision.json",
-        "report": exp_dir / "REPORT.md",
-    }[role]
+    return run_dir / DECISION if role == "analyze" else Layout(exp_dir).product(role, 0)
+
+
+PRODUCT_CAP = {"plan": 4 << 20, "code": 4 << 20, "analyze": 1 << 20, "report": 16 << 20}
+"""The largest product each role may leave (bytes): past it the step failed."""
 
 
 def check_product(role: Role, path: Path) -> str | None:
     """None when the product is present and valid, else a sentence saying what is wrong."""
     name = path.name
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return f"the {role} agent did not write {name}"
+    if path.is_symlink():
+        return f"{name} is a symbolic link: write a regular file instead"
     if not path.is_file():
         return f"{name} is not a regular file"
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return f"{name} cannot be read ({exc.strerror})"
+    data = read_capped(path, PRODUCT_CAP[role])
+    if data is None:
+        return (f"{name} cannot be read or is larger than {PRODUCT_CAP[role] >> 20} MB: "
+                f"write a smaller file")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -126,6 +130,7 @@ def check_decision(text: str) -> str | None:
 
 
 def read_decision(path: Path) -> dict[str, Any]:
-    """Read a decision already validated by `check_product`."""
-    obj: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return obj
+    """Read a decision already validated by `check_product`; the reason is kept to one line."""
+    obj = read_object(path, PRODUCT_CAP["analyze"]) or {}
+    reason = " ".join(str(obj.get("reason") or "").split())
+    return {**obj, "reason": reason[:2000]}

@@ -23,9 +23,9 @@ from mlsm.handlers.agents.base import (
     check_product,
 )
 from mlsm.handlers.agents.command import step_env, tail
-from mlsm.machine import store
-from mlsm.machine.config import Config
-from mlsm.machine.errors import AgentUnavailableError
+from mlsm.machine.core import store
+from mlsm.machine.core.config import Config
+from mlsm.machine.core.errors import AgentUnavailableError
 
 INSTALL_HINT = (
     "install it with `npm install -g @anthropic-ai/claude-code` (or point --claude-bin at it), "
@@ -125,23 +125,13 @@ def prompt_argument(step: AgentStep) -> str:
     return "\n" + prompt if prompt.startswith("-") else prompt
 
 
-def spent_usd(exp_dir: Path) -> float:
-    """What the experiment has spent so far, from status.json (0 when unknown)."""
-    try:
-        status = json.loads((exp_dir / "status.json").read_text(encoding="utf-8"))
-        value = status.get("cost_usd") if isinstance(status, dict) else None
-    except (OSError, ValueError):
-        return 0.0
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
-
-
 def budget_left(step: AgentStep) -> float | None:
     """The CLI's own spending cap for this step, or None for no cap."""
     limit = step.config.max_cost_usd
     # The daemon owns the budget; the report is the run's last step and must be written.
     if limit <= 0 or step.role == "report":
         return None
-    return max(limit - spent_usd(step.exp_dir), MIN_BUDGET_USD)
+    return max(limit - step.spent_usd, MIN_BUDGET_USD)
 
 
 class ClaudeAgent:

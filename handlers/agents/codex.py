@@ -20,8 +20,8 @@ from mlsm.handlers.agents.claude import (
     write_atomic,
 )
 from mlsm.handlers.agents.command import step_env, tail
-from mlsm.machine.config import Config
-from mlsm.machine.errors import AgentUnavailableError
+from mlsm.machine.core.config import Config
+from mlsm.machine.core.errors import AgentUnavailableError
 
 INSTALL_HINT = (
     "install it with `npm install -g @openai/codex` (or point --codex-bin at it), "

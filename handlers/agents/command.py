@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from mlsm.handlers.agents.base import AgentOutcome, AgentStep
-from mlsm.machine.config import Config
-from mlsm.machine.errors import AgentUnavailableError
+from mlsm.hooks.layout import Layout
+from mlsm.machine.core.config import Config
+from mlsm.machine.core.errors import AgentUnavailableError
 
 
 def step_env(step: AgentStep, base: dict[str, str]) -> dict[str, str]:
@@ -22,7 +23,7 @@ def step_env(step: AgentStep, base: dict[str, str]) -> dict[str, str]:
         MLSM_RUN_DIR=str(step.run_dir),
         MLSM_PROMPT_FILE=str(step.prompt_file),
         MLSM_PRODUCT=str(step.product),
-        MLSM_INSTRUCTIONS_FILE=str(step.exp_dir / ".mlsm" / "instructions.md"),
+        MLSM_INSTRUCTIONS_FILE=str(Layout(step.exp_dir).instructions),
     )
     return env
 
@@ -79,4 +80,4 @@ class BuiltinAgent(CommandAgent):
         return None
 
     def argv(self, step: AgentStep) -> list[str]:
-        return [sys.executable, "-m", "mlsm.handlers.builtin"]
+        return [sys.executable, "-P", "-m", "mlsm.handlers.builtin"]

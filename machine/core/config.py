@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlsm.machine.errors import ConfigError
+from mlsm.machine.core.errors import ConfigError
 
 AGENTS = ("claude", "codex", "command", "builtin")
 GOALS = ("minimize", "maximize")
@@ -83,6 +83,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("poll_interval", "float", 1.0, "Seconds between polls with --poll.", minimum=0.05),
     Option("max_parallel", "int", 0, "Experiments training at once (0: no limit).", minimum=0),
     Option("hook_timeout", "float", 60.0, "Seconds a lifecycle hook may run.", minimum=0),
+    Option("template", "str", None,
+           "Built-in agent: the named template to run (charlm, classification, regression)."),
+    Option("launcher", "choice", "local", "How training runs: local.", ("local",)),
 )
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
 TRUE = {"1", "true", "yes", "on"}
@@ -125,6 +128,8 @@ class Config:
     poll_interval: float = 1.0
     max_parallel: int = 0
     hook_timeout: float = 60.0
+    template: str | None = None
+    launcher: str = "local"
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     def train_argv(self) -> list[str]:

@@ -1,27 +1,38 @@
-"""Read-only views of experiments for `mlsm status` and `mlsm logs` (never touches a run)."""
+"""`mlsm status` and `mlsm logs`: read-only views of experiments (never touch a run)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from mlsm.machine.errors import ExitCode, InputError
-from mlsm.machine.procs import ProcRecord, same_process
-from mlsm.machine.store import parse_iso, read_json_object, read_status
+from mlsm.handlers.launchers import launcher_of
+from mlsm.hooks import rundir
+from mlsm.hooks.layout import Layout
+from mlsm.machine.core.errors import ExitCode, InputError
+from mlsm.machine.core.status import Status, read_status
+from mlsm.machine.core.store import parse_iso
+
+
+def daemon_running(exp_dir: Path) -> bool:
+    """True when some process holds the experiment's lock (a daemon drives it)."""
+    try:
+        fh = Layout(exp_dir).lock.open("a+")
+    except OSError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
 
 
 def _last_line(path: Path, limit: int = 8192) -> Any:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, 2)
-            size = fh.tell()
-            fh.seek(max(0, size - limit))
-            lines = fh.read().splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
+    for line in reversed(rundir.read_tail(path, limit).splitlines()):
         try:
             return json.loads(line)
         except ValueError:
@@ -32,9 +43,9 @@ def _last_line(path: Path, limit: int = 8192) -> Any:
 def _proc(doc: Any) -> dict[str, Any] | None:
     if not isinstance(doc, dict):
         return None
-    rec = ProcRecord.from_json(doc)
-    return {"pid": rec.pid, "alive": same_process(rec), "started_at": rec.started_at,
-            "role": doc.get("role"), "cmd": rec.cmd}
+    return {"pid": doc.get("pid"), "alive": launcher_of(doc).alive(doc),
+            "started_at": doc.get("started_at"), "role": doc.get("role"), "cmd": doc.get("cmd"),
+            "launcher": doc.get("launcher") or "local"}
 
 
 def snapshot(exp_dir: Path, now: float | None = None) -> dict[str, Any]:
@@ -42,44 +53,49 @@ def snapshot(exp_dir: Path, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     if not exp_dir.is_dir():
         raise InputError(f"{exp_dir} is not a directory")
+    layout = Layout(exp_dir)
     status = read_status(exp_dir)
     if status is None:
-        if not (exp_dir / "IDEA.md").exists():
+        if not layout.idea.exists():
             raise InputError(f"{exp_dir} is not an mlsm experiment (no status.json, no IDEA.md)")
-        status = {"state": "idle", "iteration": 0, "max_iterations": None}
+        status = Status(max_iterations=0)
+    running = daemon_running(exp_dir)
+    objective = status.objective
     doc: dict[str, Any] = {
-        "dir": str(exp_dir.resolve()), "state": status.get("state"),
-        "previous_state": status.get("previous_state"), "iteration": status.get("iteration"),
-        "max_iterations": status.get("max_iterations"), "best": status.get("best"),
-        "cost_usd": status.get("cost_usd", 0.0), "complete": status.get("complete", False),
-        "stop_reason": status.get("stop_reason"), "error": status.get("error"),
-        "agent": _proc(status.get("agent")), "training": _proc(status.get("training")),
-        "daemon_pid": status.get("daemon_pid"), "stop_file": (exp_dir / "STOP").exists(),
-        "waiting_for": status.get("waiting_for"),
+        "dir": str(exp_dir.resolve()), "state": status.state,
+        "previous_state": status.previous_state, "iteration": status.iteration,
+        "max_iterations": status.max_iterations or None, "best": status.best,
+        "objective": objective.to_json() if objective else None,
+        "cost_usd": status.cost_usd, "complete": status.complete,
+        "stop_reason": status.stop_reason, "error": status.error,
+        "agent": _proc(status.agent), "training": _proc(status.training),
+        "daemon_pid": status.daemon_pid, "daemon_running": running,
+        "stop_file": layout.stop.exists(), "waiting_for": status.waiting_for,
     }
-    entered = parse_iso(status.get("entered_at"))
+    entered = parse_iso(status.entered_at)
     doc["time_in_state_s"] = None if entered is None else round(now - entered, 1)
-    doc.update(_training_progress(exp_dir, status, now))
+    doc.update(_training_progress(layout, status, now, running))
     return doc
 
 
-def _training_progress(exp_dir: Path, status: dict[str, Any], now: float) -> dict[str, Any]:
-    it = status.get("iteration") or 0
-    run_dir = exp_dir / "logs" / f"iter_{it:03d}"
-    beat = read_json_object(run_dir / "heartbeat.json")
-    last = _last_line(run_dir / "metrics.jsonl")
+def _training_progress(layout: Layout, status: Status, now: float,
+                       running: bool) -> dict[str, Any]:
+    run_dir = layout.iteration_dir(status.iteration)
+    beat = rundir.read_heartbeat(run_dir)
+    last = _last_line(run_dir / rundir.METRICS)
     out: dict[str, Any] = {"heartbeat_age_s": None, "step": None, "total_steps": None,
                            "eta_s": None, "latest_metrics": None}
     if isinstance(beat, dict):
-        t = beat.get("t")
-        out["heartbeat_age_s"] = round(now - t, 1) if isinstance(t, int | float) else None
+        t = rundir.finite(beat.get("t"))
+        out["heartbeat_age_s"] = round(now - t, 1) if t is not None else None
         out["step"], out["total_steps"] = beat.get("step"), beat.get("total_steps")
     if isinstance(last, dict):
         out["latest_metrics"] = {k: v for k, v in last.items() if k not in ("t",)}
         out["step"] = last.get("step", out["step"])
-    started = parse_iso((status.get("training") or {}).get("started_at"))
+    started = parse_iso((status.training or {}).get("started_at"))
     step, total = out["step"], out["total_steps"]
-    if started and isinstance(step, int) and isinstance(total, int) and 0 < step < total:
+    if running and started and isinstance(step, int) and isinstance(total, int) \
+            and 0 < step < total:
         out["eta_s"] = round((now - started) / step * (total - step), 1)
     return out
 
@@ -97,6 +113,8 @@ def _progress_text(doc: dict[str, Any], width: int = 20) -> str:
 
 def _line(doc: dict[str, Any]) -> str:
     parts = [f"{doc['dir']}: {str(doc['state']).upper()}"]
+    if not doc.get("daemon_running") and doc["state"] not in ("done", "failed", "idle"):
+        parts.append("(daemon not running)")
     if doc.get("previous_state"):
         parts.append(f"(from {doc['previous_state']})")
     parts.append(f"iteration {doc['iteration']}/{doc['max_iterations']}")
@@ -128,7 +146,7 @@ def _line(doc: dict[str, Any]) -> str:
 def show(dirs: list[Path], as_json: bool, follow: bool) -> ExitCode:
     """Print status for each directory; non-zero when any is not a readable experiment."""
     if follow:
-        from mlsm.machine import live
+        from mlsm.machine.views import live
 
         return live.follow(dirs)
     code = ExitCode.OK
@@ -145,8 +163,9 @@ def show(dirs: list[Path], as_json: bool, follow: bool) -> ExitCode:
 
 def logs(exp_dir: Path, follow: bool, iteration: int | None, which: str) -> ExitCode:
     """Print (and with `follow`, keep printing) the runner log or an iteration's output."""
-    path = exp_dir / "logs" / "runner.log" if iteration is None else \
-        exp_dir / "logs" / f"iter_{iteration:03d}" / f"{which}.log"
+    layout = Layout(exp_dir)
+    path = layout.runner_log if iteration is None else \
+        layout.iteration_dir(iteration) / f"{which}.log"
     if not path.is_file():
         raise InputError(f"{path} does not exist yet")
     import sys

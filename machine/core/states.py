@@ -37,6 +37,14 @@ def _resume_rows() -> list[dict[str, Any]]:
     ]
 
 
+def _retry_rows() -> list[dict[str, Any]]:
+    return [
+        {"trigger": "retry", "source": State.FAILED, "dest": s,
+         "conditions": f"failed_in_{s.value}"}
+        for s in WORKING
+    ]
+
+
 def _plain(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """State names as plain strings: transitions would otherwise name Enum states by `.name`."""
     def conv(v: Any) -> Any:
@@ -57,8 +65,10 @@ TRANSITIONS: list[dict[str, Any]] = _plain([
     {"trigger": "stop", "source": list(RESUMABLE), "dest": State.STOPPED},
     *_resume_rows(),
     {"trigger": "fail", "source": list(WORKING), "dest": State.FAILED},
+    *_retry_rows(),
 ])
-"""Trigger → source → dest. `resume` re-enters the state recorded in `previous_state`."""
+"""Trigger → source → dest. `resume` re-enters the state recorded in `previous_state`;
+`retry` (RETRY file, `mlsm retry`) re-enters the one recorded in `failed_state`."""
 
 
 def mermaid() -> str:
@@ -67,7 +77,7 @@ def mermaid() -> str:
 
     class _Model:
         def __getattr__(self, name: str) -> Any:
-            if name.startswith("left_"):
+            if name.startswith(("left_", "failed_in_")):
                 return lambda *a, **k: True
             raise AttributeError(name)
 

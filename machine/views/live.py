@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlsm.machine.errors import ExitCode, InputError
-from mlsm.machine.report import snapshot
+from mlsm.machine.core.errors import ExitCode, InputError
+from mlsm.machine.views.status import snapshot
 
 REFRESH_S = 1.0
 STATE_STYLE = {"training": "bold green", "failed": "bold red", "done": "bold blue",

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from mlsm.handlers.training import finalize_exit, write_kill_note
-from mlsm.machine import procs
-from mlsm.machine.config import Config, resolve
-from mlsm.machine.errors import ExitCode, MlsmError
-from mlsm.machine.journal import make_logger
-from mlsm.machine.procs import ProcRecord
-from mlsm.machine.sentinel import output_size, read_heartbeat
-from mlsm.machine.states import WORKING
-from mlsm.machine.store import parse_iso, read_status
+from mlsm.handlers.launchers import get_launcher, launcher_of
+from mlsm.handlers.launchers.base import Handle
+from mlsm.handlers.training import final_exit
+from mlsm.hooks import rundir
+from mlsm.hooks.layout import Layout
+from mlsm.machine.core.config import Config, resolve
+from mlsm.machine.core.errors import ExitCode, MlsmError
+from mlsm.machine.core.journal import make_logger
+from mlsm.machine.core.states import WORKING
+from mlsm.machine.core.status import Status, read_status
+from mlsm.machine.core.store import parse_iso
+from mlsm.machine.views.status import daemon_running
 
 
 @dataclasses.dataclass
@@ -28,30 +30,16 @@ class Finding:
     dir: str
     level: str  # "ok" | "info" | "problem"
     message: str
-    kill: str | None = None  # "training" | "agent"
+    kill: str | None = None  # "training" | "agent" | "strays"
     reason: str | None = None
     seconds: float | None = None
-
-
-def daemon_running(exp_dir: Path) -> bool:
-    """True when some process holds the experiment's lock."""
-    try:
-        fh = (exp_dir / ".mlsm" / "lock").open("a+")
-    except OSError:
-        return False
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return False
+    handle: Handle | None = dataclasses.field(default=None, repr=False)
 
 
 def load_config(exp_dir: Path) -> Config:
     """The settings the daemon resolved (flags included), else resolve them afresh."""
     with contextlib.suppress(OSError, ValueError, TypeError):
-        doc = json.loads((exp_dir / ".mlsm" / "config.json").read_text(encoding="utf-8"))
+        doc = json.loads(Layout(exp_dir).config_json.read_text(encoding="utf-8"))
         doc["train_env"] = tuple(doc.get("train_env") or ())
         return Config(**doc)
     return resolve(exp_dir, {})
@@ -65,16 +53,23 @@ def check(exp_dir: Path, now: float | None = None) -> list[Finding]:
         raise MlsmError(f"{exp_dir} has no status.json: it is not a started mlsm experiment")
     cfg = load_config(exp_dir)
     d = str(exp_dir)
-    out = [Finding(d, "info", f"state {status['state']}, iteration {status['iteration']}, "
-                              f"daemon {'running' if daemon_running(exp_dir) else 'not running'}")]
+    running = daemon_running(exp_dir)
+    out = [Finding(d, "info", f"state {status.state}, iteration {status.iteration}, "
+                              f"daemon {'running' if running else 'not running'}")]
+    if not running and status.state in WORKING:
+        out.append(Finding(d, "problem", f"no daemon is running, but the run is in "
+                                         f"{status.state.upper()}: restart it with "
+                                         f"`mlsm watch {exp_dir}` (it re-attaches)"))
     for key in ("training", "agent"):
-        doc = status.get(key)
+        doc = getattr(status, key)
         if isinstance(doc, dict):
             out.extend(_check_process(exp_dir, key, doc, cfg, now))
-    started = parse_iso(status.get("started_at"))
+    out.extend(_check_strays(exp_dir, status, cfg))
+    started = parse_iso(status.started_at)
     hours = (now - started) / 3600 if started else 0.0
-    if status["state"] in WORKING and cfg.max_hours and hours >= cfg.max_hours:
-        kill = next((k for k in ("training", "agent") if isinstance(status.get(k), dict)), None)
+    if status.state in WORKING and cfg.max_hours and hours >= cfg.max_hours:
+        kill = next((k for k in ("training", "agent") if isinstance(getattr(status, k), dict)),
+                    None)
         out.append(Finding(d, "problem", f"wall-time budget spent: {hours:.2f} h of "
                                          f"{cfg.max_hours:g} h", kill, "max_hours"))
     if len(out) == 1:
@@ -82,19 +77,29 @@ def check(exp_dir: Path, now: float | None = None) -> list[Finding]:
     return out
 
 
+def _check_strays(exp_dir: Path, status: Status, cfg: Config) -> list[Finding]:
+    """Processes of finished runs that are still alive (leftovers a training spawned)."""
+    keep = [str(doc.get("run_id")) for doc in (status.training, status.agent)
+            if isinstance(doc, dict)]
+    launcher = get_launcher(cfg.launcher)
+    return [Finding(str(exp_dir), "problem", f"leftover processes of a finished run "
+                                             f"({launcher.describe(h)}, run {h['run_id']})",
+                    "strays", "leftovers", handle=h)
+            for h in launcher.strays(exp_dir.resolve(), keep)]
+
+
 def _check_process(exp_dir: Path, key: str, doc: dict[str, Any], cfg: Config,
                    now: float) -> list[Finding]:
-    rec = ProcRecord.from_json(doc)
+    launcher = launcher_of(doc)
     d = str(exp_dir)
-    if not procs.same_process(rec):
-        why = "a new boot since" if rec.boot_id != procs.boot_id() else (
-            "that pid now belongs to another process" if procs.start_ticks(rec.pid) else "gone")
-        return [Finding(d, "info", f"recorded {key} (pid {rec.pid}) is not running ({why})")]
-    started = parse_iso(rec.started_at) or now
+    if not launcher.alive(doc):
+        return [Finding(d, "info", f"recorded {key} ({launcher.describe(doc)}) is not running "
+                                   f"({launcher.why_gone(doc)})")]
+    started = parse_iso(doc.get("started_at")) or now
     if key == "agent":
         return _check_agent(d, doc, cfg, now - started)
     run_dir = Path(doc.get("run_dir") or exp_dir)
-    return [_check_training(d, rec, run_dir, cfg, now, now - started)]
+    return [_check_training(d, doc, run_dir, cfg, now, now - started)]
 
 
 def _check_agent(d: str, doc: dict[str, Any], cfg: Config, age: float) -> list[Finding]:
@@ -111,34 +116,35 @@ def _check_agent(d: str, doc: dict[str, Any], cfg: Config, age: float) -> list[F
     return [Finding(d, "ok", f"agent (pid {doc['pid']}) running for {age:.0f}s")]
 
 
-def _check_training(d: str, rec: ProcRecord, run_dir: Path, cfg: Config, now: float,
+def _check_training(d: str, doc: Handle, run_dir: Path, cfg: Config, now: float,
                     age: float) -> Finding:
+    who = launcher_of(doc).describe(doc)
     if cfg.run_timeout and age > cfg.run_timeout:
-        return Finding(d, "problem", f"training (pid {rec.pid}) has run {age:.0f}s, over "
+        return Finding(d, "problem", f"training ({who}) has run {age:.0f}s, over "
                                      f"--run-timeout {cfg.run_timeout:g}s", "training",
                        "run_timeout", age)
-    beat = read_heartbeat(run_dir)
-    if beat is not None and isinstance(beat.get("t"), int | float):
-        quiet = now - float(beat["t"])
-        expect = beat.get("expect_next_within")
-        limit = max(cfg.heartbeat_timeout, expect if isinstance(expect, int | float) else 0)
+    beat = rundir.read_heartbeat(run_dir) or {}
+    t = rundir.finite(beat.get("t"))
+    if t is not None:
+        quiet = now - t
+        limit = max(cfg.heartbeat_timeout, rundir.finite(beat.get("expect_next_within")) or 0)
         if quiet > limit:
-            return Finding(d, "problem", f"training (pid {rec.pid}) is stale: no heartbeat for "
+            return Finding(d, "problem", f"training ({who}) is stale: no heartbeat for "
                                          f"{quiet:.0f}s (limit {limit:g}s)", "training",
                            "stale_heartbeat", quiet)
-        return Finding(d, "ok", f"training (pid {rec.pid}) healthy, last heartbeat "
+        return Finding(d, "ok", f"training ({who}) healthy, last heartbeat "
                                 f"{quiet:.0f}s ago")
     quiet = now - _last_output(run_dir, now - age)
     if age > cfg.startup_grace and quiet > cfg.output_timeout:
-        return Finding(d, "problem", f"training (pid {rec.pid}) never beat and wrote nothing "
+        return Finding(d, "problem", f"training ({who}) never beat and wrote nothing "
                                      f"for {quiet:.0f}s", "training", "stale_heartbeat", quiet)
-    return Finding(d, "ok", f"training (pid {rec.pid}) running {age:.0f}s (no heartbeats; "
-                            f"output {output_size(run_dir)} bytes)")
+    return Finding(d, "ok", f"training ({who}) running {age:.0f}s (no heartbeats; "
+                            f"output {rundir.output_size(run_dir)} bytes)")
 
 
 def _last_output(run_dir: Path, default: float) -> float:
     times = [default]
-    for name in ("stdout.log", "stderr.log"):
+    for name in (rundir.STDOUT, rundir.STDERR):
         with contextlib.suppress(OSError):
             times.append((run_dir / name).stat().st_mtime)
     return max(times)
@@ -146,21 +152,23 @@ def _last_output(run_dir: Path, default: float) -> float:
 
 def act(exp_dir: Path, finding: Finding) -> None:
     """Kill the finding's tree and record it in the journal (and exit.json for training)."""
-    status = read_status(exp_dir) or {}
-    doc = status.get(finding.kill or "")
+    status = read_status(exp_dir) or Status()
+    doc = finding.handle if finding.kill == "strays" else getattr(status, finding.kill or "", None)
     if not isinstance(doc, dict):
         return
-    rec = ProcRecord.from_json(doc)
     cfg = load_config(exp_dir)
+    launcher = launcher_of(doc)
     run_dir = Path(doc.get("run_dir") or exp_dir)
     if finding.kill == "training":
-        write_kill_note(run_dir, finding.reason or "watchdog", finding.message, finding.seconds)
-    found = procs.kill_tree(rec, cfg.grace)
-    if finding.kill == "training":
-        finalize_exit(run_dir, parse_iso(rec.started_at), finding.reason or "watchdog")
-    log, sink = make_logger(exp_dir / "logs", exp_dir.name, console=None)
-    log.warning("watchdog_killed", kind=finding.kill, pid=rec.pid, processes=found,
-                reason=finding.reason, detail=finding.message)
+        rundir.write_kill_note(run_dir, finding.reason or "watchdog", finding.message,
+                               finding.seconds)
+    report = launcher.kill(doc, cfg.grace)
+    if finding.kill == "training" and rundir.read_exit(run_dir) is None:
+        rundir.write_exit(run_dir, final_exit(run_dir, parse_iso(doc.get("started_at")), None,
+                                              doc.get("run_id")))
+    log, sink = make_logger(Layout(exp_dir).logs, exp_dir.name, console=None)
+    log.warning("watchdog_killed", kind=finding.kill, run=launcher.describe(doc),
+                processes=report.found, reason=finding.reason, detail=finding.message)
     sink.close()
 
 
@@ -182,6 +190,7 @@ def main(dirs: list[Path], kill: bool, as_json: bool) -> ExitCode:
             if f.level == "problem":
                 code = max(code, ExitCode.ACTED if acted else ExitCode.UNHEALTHY)
             text = f.message + (" -> killed" if acted else "")
-            print(json.dumps({**dataclasses.asdict(f), "acted": acted}) if as_json
+            doc = {k: v for k, v in dataclasses.asdict(f).items() if k != "handle"}
+            print(json.dumps({**doc, "acted": acted}) if as_json
                   else f"{f.dir}: {f.level}: {text}")
     return code

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from mlsm.machine.store import read_json_object
+from mlsm.hooks.rundir import finite
 
 NO_BEATS_HINT = (
     "training has not written a heartbeat; falling back to log growth. Add "
@@ -55,8 +53,7 @@ class HeartbeatWatch:
         if beat is not None and beat.get("seq") != self.last_seq:
             self.last_seq = beat.get("seq")
             self.last_beat = now
-            expect = beat.get("expect_next_within")
-            self.expect_next_within = float(expect) if isinstance(expect, int | float) else None
+            self.expect_next_within = finite(beat.get("expect_next_within"))
         if output_size != self.last_size:
             if self.last_size >= 0:  # the first reading is a baseline, not growth
                 self.last_growth = now
@@ -86,16 +83,3 @@ class HeartbeatWatch:
             return Verdict("warn_no_heartbeat", now - self.started, NO_BEATS_HINT)
         return None
 
-
-def read_heartbeat(run_dir: Path) -> dict[str, Any] | None:
-    """The heartbeat document, or None when absent or mid-replace (never raises)."""
-    return read_json_object(run_dir / "heartbeat.json")
-
-
-def output_size(run_dir: Path) -> int:
-    """Combined size of the training's stdout and stderr logs."""
-    total = 0
-    for name in ("stdout.log", "stderr.log"):
-        with contextlib.suppress(OSError):
-            total += (run_dir / name).stat().st_size
-    return total

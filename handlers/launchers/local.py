@@ -1,0 +1,377 @@
+"""The `local` launcher: a process tree in its own session here, identified by boot, pid, ticks."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import psutil
+
+from mlsm.handlers.launchers.base import Handle, KillReport, Spec
+from mlsm.machine.core.store import now_iso
+
+RUN_ID_VAR = "MLSM_RUN_ID"
+EXPERIMENT_VAR = "MLSM_EXPERIMENT"
+PR_SET_CHILD_SUBREAPER = 36
+REATTACH_POLL_S = 0.25
+
+# Our own Popen children: the orphan reaper must never reap one (Popen.wait owns its status).
+_owned: set[int] = set()
+_owned_lock = threading.Lock()
+
+
+def boot_id() -> str:
+    """This boot's id: a recorded pid from another boot is never the same process."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return f"btime-{psutil.boot_time():.0f}"
+
+
+def start_ticks(pid: int) -> int | None:
+    """Start time of `pid` in clock ticks since boot (field 22 of /proc/pid/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[19])
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def _pid(handle: Handle) -> int:
+    pid = handle.get("pid")
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else 0
+
+
+def same_process(handle: Handle) -> bool:
+    """True when the recorded process still runs: same boot, pid and start ticks."""
+    pid = _pid(handle)
+    if not pid or handle.get("boot_id") != boot_id():
+        return False
+    ticks = start_ticks(pid)
+    if ticks is None or ticks != handle.get("start_ticks"):
+        return False
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def _disown(pid: int) -> None:
+    with _owned_lock:
+        _owned.discard(pid)
+
+
+def _wait_pidfd(pid: int, timeout: float | None) -> None:
+    """Sleep until `pid` exits or `timeout` passes; a pidfd wakes us at once (no polling)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        time.sleep(min(timeout if timeout is not None else REATTACH_POLL_S, REATTACH_POLL_S))
+        return
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+
+
+class LocalRun:
+    """A local run: our own child (spawned) or a process found again (re-attached)."""
+
+    def __init__(self, handle: Handle, popen: subprocess.Popen[bytes] | None) -> None:
+        self.handle = handle
+        self._popen = popen
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._popen is None else self._popen.returncode
+
+    def release(self) -> None:
+        self._write_stdin(b"go\n")
+
+    def cancel(self) -> None:
+        self._write_stdin(b"")
+        self.wait(None)
+
+    def _write_stdin(self, data: bytes) -> None:
+        stdin = self._popen.stdin if self._popen is not None else None
+        if stdin is None:
+            return
+        with contextlib.suppress(OSError):
+            if data:
+                stdin.write(data)
+            stdin.close()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait for the exit; a pidfd wakes us the moment it happens (Popen.wait polls)."""
+        if self._popen is None:
+            if same_process(self.handle):
+                _wait_pidfd(_pid(self.handle), timeout)
+            return not same_process(self.handle)
+        if self._popen.poll() is None:
+            _wait_pidfd(self._popen.pid, timeout)
+        if self._popen.poll() is None:
+            return False
+        _disown(self._popen.pid)
+        return True
+
+
+class LocalLauncher:
+    """Runs commands here, each in its own session, tagged with its run id."""
+
+    name = "local"
+
+    def spawn(self, spec: Spec) -> LocalRun:
+        env = dict(spec.env)
+        run_id = env.setdefault(RUN_ID_VAR, new_run_id())
+        if spec.experiment is not None:
+            env[EXPERIMENT_VAR] = str(spec.experiment)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        out = os.open(spec.stdout, flags, 0o644)
+        try:
+            err = os.open(spec.stderr, flags, 0o644) if spec.stderr else subprocess.STDOUT
+            try:
+                popen = self._popen(spec, env, out, err)
+            finally:
+                if err != subprocess.STDOUT:
+                    os.close(err)
+        finally:
+            os.close(out)
+        handle: Handle = {
+            "launcher": self.name, "pid": popen.pid, "pgid": popen.pid,
+            "start_ticks": start_ticks(popen.pid), "boot_id": boot_id(), "run_id": run_id,
+            "cmd": list(spec.record_cmd or spec.argv), "started_at": now_iso(),
+        }
+        return LocalRun(handle, popen)
+
+    def _popen(self, spec: Spec, env: dict[str, str], out: int,
+               err: int) -> subprocess.Popen[bytes]:
+        stdin = subprocess.PIPE if spec.handshake else subprocess.DEVNULL
+        with _owned_lock:
+            popen = subprocess.Popen(spec.argv, cwd=spec.cwd, env=env, stdin=stdin, stdout=out,
+                                     stderr=err, start_new_session=True, close_fds=True)
+            _owned.add(popen.pid)
+        return popen
+
+    def reattach(self, handle: Handle) -> LocalRun | None:
+        return LocalRun(handle, None) if same_process(handle) else None
+
+    def alive(self, handle: Handle) -> bool:
+        return same_process(handle)
+
+    def signal(self, handle: Handle, signum: int) -> bool:
+        if not same_process(handle):
+            return False
+        with contextlib.suppress(psutil.Error):
+            main = psutil.Process(_pid(handle))
+            for proc in [main, *main.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    proc.send_signal(signum)
+        return True
+
+    def kill(self, handle: Handle, grace: float) -> KillReport:
+        return kill_tree(handle, grace, use_group=bool(_pid(handle)))
+
+    def leftovers(self, handle: Handle, grace: float) -> int:
+        """The main process has exited: kill whatever of its run is left (its tag remains)."""
+        if not handle.get("run_id"):
+            return 0
+        return kill_tree({**handle, "pid": 0}, grace, use_group=False).found
+
+    def strays(self, experiment: Path, keep: list[str]) -> list[Handle]:
+        return [{"launcher": self.name, "run_id": run_id, "pid": 0, "pids": pids}
+                for run_id, pids in strays(experiment, keep).items()]
+
+    def why_gone(self, handle: Handle) -> str:
+        if handle.get("boot_id") != boot_id():
+            return "a new boot since"
+        return "that pid now belongs to another process" if start_ticks(_pid(handle)) \
+            else "gone"
+
+    def describe(self, handle: Handle) -> str:
+        if not handle.get("pid") and handle.get("pids"):
+            return "pids " + ", ".join(str(p) for p in handle["pids"])
+        return f"pid {handle.get('pid')}"
+
+
+# ----- finding and killing trees ---------------------------------------------------------------
+def _scan(needles: Iterable[bytes]) -> tuple[dict[int, list[int]], dict[bytes, set[int]]]:
+    """One pass over /proc: children by parent pid, and the pids whose environment has a needle.
+
+    The tags live in the environment, so they survive setsid and re-parenting; one pass keeps
+    the cost at one read per process however large the tree is.
+    """
+    wanted = tuple(needles)
+    children: dict[int, list[int]] = {}
+    tagged: dict[bytes, set[int]] = {n: set() for n in wanted}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+            ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(pid)
+            if wanted:
+                with open(f"/proc/{pid}/environ", "rb") as fh:
+                    names = fh.read().split(b"\0")
+                for needle in wanted:
+                    if needle in names:
+                        tagged[needle].add(pid)
+        except (OSError, ValueError):
+            continue
+    return children, tagged
+
+
+def _descendants(roots: Iterable[int], children: Mapping[int, list[int]]) -> set[int]:
+    out: set[int] = set()
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out.add(pid)
+            todo.extend(children.get(pid, ()))
+    return out
+
+
+def tree(handle: Handle) -> list[psutil.Process]:
+    """The recorded process, its descendants, and every process tagged with its run (and theirs)."""
+    needle = f"{RUN_ID_VAR}={handle.get('run_id')}".encode()
+    children, tagged = _scan([needle] if handle.get("run_id") else [])
+    roots = set(tagged.get(needle, ()))
+    if same_process(handle):
+        roots.add(_pid(handle))
+    pids = _descendants(roots, children)
+    pids.discard(os.getpid())
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            procs.append(psutil.Process(pid))
+    return procs
+
+
+def _signal_all(handle: Handle, procs: Iterable[psutil.Process], sig: int,
+                use_group: bool) -> None:
+    pgid = handle.get("pgid")
+    if use_group and isinstance(pgid, int) and pgid > 1 and handle.get("boot_id") == boot_id():
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, sig)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+
+
+def alive(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """Those still running; a zombie counts as dead."""
+    out = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+    return out
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float,
+              clock: Callable[[], float] = time.monotonic) -> list[psutil.Process]:
+    """Poll until every process is dead or `timeout` passes; return the survivors."""
+    deadline = clock() + timeout
+    delay = 0.001
+    left = alive(procs)
+    while left and clock() < deadline:
+        time.sleep(min(delay, max(0.0, deadline - clock())))
+        delay = min(delay * 2, 0.05)
+        left = alive(left)
+    return left
+
+
+def kill_tree(handle: Handle, grace: float, use_group: bool = True) -> KillReport:
+    """SIGTERM the whole tree, wait `grace`, SIGKILL what is left. One /proc pass per round."""
+    procs = alive(tree(handle))
+    if not procs and not use_group:
+        return KillReport(0)
+    _signal_all(handle, procs, signal.SIGTERM, use_group)
+    left = wait_gone(procs, grace)
+    # A child may have forked during the grace period: look again before the KILL.
+    left = alive({p.pid: p for p in [*left, *tree(handle)]}.values())
+    if left:
+        _signal_all(handle, left, signal.SIGKILL, use_group)
+        left = wait_gone(left, 5.0)
+    reap_orphans()
+    return KillReport(len(procs), len(left))
+
+
+def strays(experiment: Path, keep: Iterable[str]) -> dict[str, list[int]]:
+    """Processes tagged with `experiment` whose run is not in `keep`: run id → pids."""
+    needle = f"{EXPERIMENT_VAR}={experiment}".encode()
+    _, tagged = _scan([needle])
+    keep_set = set(keep)
+    out: dict[str, list[int]] = {}
+    for pid in sorted(tagged[needle] - {os.getpid()}):
+        run = _run_id_of(pid)
+        if run is not None and run not in keep_set and not _is_zombie(pid):
+            out.setdefault(run, []).append(pid)
+    return out
+
+
+def _run_id_of(pid: int) -> str | None:
+    prefix = f"{RUN_ID_VAR}=".encode()
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            for item in fh.read().split(b"\0"):
+                if item.startswith(prefix):
+                    return item[len(prefix):].decode(errors="replace")
+    except OSError:
+        return None
+    return None
+
+
+# ----- the daemon as a subreaper -------------------------------------------------------------
+def become_subreaper() -> bool:
+    """Adopt our descendants' orphans (prctl), so a killed tree's orphans are reaped at once.
+
+    Where pid 1 does not reap (many containers), orphans would otherwise stay zombies.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_orphans() -> int:
+    """Reap exited children that are not our own Popen children; returns how many."""
+    reaped = 0
+    with _owned_lock:
+        try:
+            kids = psutil.Process().children()
+        except psutil.Error:
+            return 0
+        for kid in kids:
+            if kid.pid in _owned:
+                continue
+            with contextlib.suppress(ChildProcessError, OSError):
+                if os.waitpid(kid.pid, os.WNOHANG)[0]:
+                    reaped += 1
+    return reaped
+
+
+

@@ -1,0 +1,1 @@
+"""The foundation layer: config, errors, events, states, status, results and the journal."""

@@ -1,0 +1,1 @@
+"""Read-only views of experiments: status, logs, the live table, the health check, diffs."""
