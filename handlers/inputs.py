@@ -16,8 +16,9 @@ def file_signature(path: Path) -> tuple[int, int, int] | None:
     return (st.st_mode, st.st_size, st.st_mtime_ns)
 
 
-def read_text_file(path: Path, what: str) -> tuple[str | None, str | None]:
+def read_text_file(path: Path, what: str | None = None) -> tuple[str | None, str | None]:
     """(text, None) when usable; (None, problem) when present but bad; (None, None) if absent."""
+    what = what or path.name
     if not path.exists():
         if path.is_symlink():
             return None, f"{what} is a broken link ({path} -> {os.readlink(path)}): fix the link"

@@ -12,7 +12,7 @@ from _thread import RLock
 from itertools import chain, groupby
 from operator import add, eq, itemgetter
 
-from . import _io
+from . import _io, rundir
 from ._space import (
     ParamsError,
     Space,
@@ -212,8 +212,8 @@ def params(**defaults: Any) -> Params:
         return Params({key: space.default for key, space in spaces.items()})
     values = merge(spaces, _read_overrides())
     if _on:
-        _write_json("space.json", describe_all(spaces))
-        _write_json("params_used.json", values)
+        _write_json(rundir.SPACE, describe_all(spaces))
+        _write_json(rundir.PARAMS_USED, values)
     return Params(values)
 
 
@@ -227,7 +227,7 @@ def result(goal: str = "minimize", objective: str | None = None, **metrics: floa
     flush()
     values = {key: _plain(value) for key, value in metrics.items()}
     doc = {"metrics": values, "objective": name, "goal": goal, "t": time.time()}
-    _write_json("result.json", doc, durable=True)
+    _write_json(rundir.RESULT, doc, durable=True)
     ordered = [name, *(key for key in metrics if key != name)]
     summary = " ".join(f"{key}={_fmt(values[key])}" for key in ordered)
     print(f"mlsm-result: {summary} goal={goal}", flush=True)
@@ -263,7 +263,7 @@ def _beat(step: Any, expect: float | None) -> None:
         text = (f'{{"pid": {os.getpid()}, "seq": {_seq}, "step": {_int(_step)}, '
                 f'"total_steps": {_int(_total)}, "t": {time.time():.6f}, '
                 f'"expect_next_within": {wait}}}\n')
-        _io.replace(_path("heartbeat.json"), text, durable=False)
+        _io.replace(_path(rundir.HEARTBEAT), text, durable=False)
 
 
 def _check_expect(expect: Any) -> float:
@@ -426,7 +426,7 @@ def _read_overrides() -> dict[str, Any]:
     import json
 
     try:
-        with open(_path("params.json"), "rb") as fh:
+        with open(_path(rundir.PARAMS), "rb") as fh:
             doc = json.load(fh)
     except FileNotFoundError:
         return {}
@@ -496,7 +496,7 @@ def _reset() -> None:
         _rec, _buf, log = None, [], _log_py
     _set_due()
     _lock = RLock()  # another thread may have held the parent's at fork time
-    _metrics = _io.Appender(_path("metrics.jsonl")) if _on else None
+    _metrics = _io.Appender(_path(rundir.METRICS)) if _on else None
     _mirror = None  # a SummaryWriter's thread does not survive fork
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from mlsm.hooks.layout import Layout
 from mlsm.machine.core.config import OPTIONS, Option
 from mlsm.machine.core.errors import ExitCode, MlsmError
 
@@ -112,7 +113,7 @@ def stop(dirs: tuple[Path, ...]) -> None:
     """Create DIR/STOP: the daemon kills the agent and training trees and waits."""
     for d in dirs:
         _require_dir(d)
-        (d / "STOP").touch()
+        Layout(d).stop.touch()
         click.echo(f"{d}: STOP created; remove it (mlsm resume) to continue")
 
 
@@ -122,7 +123,7 @@ def resume(dirs: tuple[Path, ...]) -> None:
     """Remove DIR/STOP: the daemon re-enters the state it left."""
     for d in dirs:
         _require_dir(d)
-        (d / "STOP").unlink(missing_ok=True)
+        Layout(d).stop.unlink(missing_ok=True)
         click.echo(f"{d}: STOP removed")
 
 

@@ -83,7 +83,7 @@ class Daemon:
             if not d.is_dir():
                 raise InputError(f"{d} is not a directory: create it and put IDEA.md in it")
         if self.discover:
-            self.log, _ = make_logger(self.dirs[0] / ".mlsm", "discover", self.console)
+            self.log, _ = make_logger(Layout(self.dirs[0]).private, "discover", self.console)
             return
         for d in self.dirs:
             self.experiments.append(self._open_experiment(d))

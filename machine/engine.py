@@ -363,7 +363,7 @@ class Experiment:
         return check_product("report", self.layout.report) is None
 
     def _maybe_start(self) -> None:
-        text, problem = read_text_file(self.layout.idea, "IDEA.md")
+        text, problem = read_text_file(self.layout.idea)
         if problem:
             self._log_once("idea", file_signature(self.layout.idea), "idea_unusable",
                            problem=problem)
@@ -555,7 +555,7 @@ class Experiment:
 
     # ----- the objective, once ---------------------------------------------------------
     def _settle_objective(self, result: dict[str, Any] | None) -> None:
-        plan, _ = read_text_file(self.layout.plan, "PLAN.md")
+        plan, _ = read_text_file(self.layout.plan)
         c = self.config
         objective = results.settle(c.objective, c.goal, c.sources.get("objective"), plan, result)
         if objective is not None:
@@ -568,7 +568,7 @@ class Experiment:
         return self.layout.product("analyze", self.status.iteration)
 
     def _prompt_context(self) -> dict[str, Any]:
-        idea, _ = read_text_file(self.layout.idea, "IDEA.md")
+        idea, _ = read_text_file(self.layout.idea)
         s = self.status
         objective = s.objective
         return {

@@ -7,7 +7,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import Experiment, gone, wait_for
+from fake_agent import TRAIN as FAKE_TRAIN
+from helpers import Experiment, Mlsm, gone, wait_for
 
 TREE_TRAIN = (Path(__file__).parent / "scripts" / "tree_train.py").read_text()
 
@@ -24,7 +25,7 @@ def test_idea_to_done_over_several_iterations(exp: Experiment) -> None:
     assert "max-iterations 3" in status["stop_reason"]
     for it in (1, 2, 3):
         run_dir = exp.path / "logs" / f"iter_{it:03d}"
-        assert (run_dir / "train.py").read_text() == (run_dir / "train.py").read_text()
+        assert (run_dir / "train.py").read_text() == FAKE_TRAIN.format(it=it)  # what it ran
         assert f"done iteration {it}" in (run_dir / "stdout.log").read_text()
         assert json.loads((run_dir / "exit.json").read_text())["returncode"] == 0
         assert (run_dir / "agent_code.log").is_file()
@@ -34,6 +35,20 @@ def test_idea_to_done_over_several_iterations(exp: Experiment) -> None:
     assert [t["dest"] for t in transitions][:4] == ["planning", "coding", "training", "analyzing"]
     assert transitions[-1]["dest"] == "done"
     assert "transition" in exp.runner_log()
+    ledger = (exp.path / "results.tsv").read_text().splitlines()
+    assert len(ledger) == 4 and ledger[0].startswith("iteration\toutcome")
+    assert [line.split("\t")[:2] for line in ledger[1:]] == [["1", "ok"], ["2", "ok"], ["3", "ok"]]
+
+
+def test_mlsm_diff_shows_what_changed_between_iterations(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    assert exp.mlsm("run", "--max-iterations", "2").wait() == 0
+    shown = Mlsm(["diff", str(exp.path), "1", "2", "train.py"], exp.path.parent, exp.env)
+    assert shown.wait() == 0, shown.output()
+    assert "+hooks.result(loss=1.0 / (2 + 1)" in shown.output()
+    bad = Mlsm(["diff", str(exp.path), "1", "9"], exp.path.parent, exp.env)
+    assert bad.wait() == 3
+    assert "mlsm: error: iteration 9 has no commit" in bad.output()
 
 
 def test_snapshot_is_the_train_py_each_iteration_ran(exp: Experiment) -> None:

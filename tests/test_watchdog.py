@@ -148,7 +148,8 @@ def test_watchdog_kills_hung_training_of_a_dead_daemon(exp: Experiment) -> None:
     exp.write("hang_now", "")
 
     def stale() -> bool:
-        return Mlsm(["watchdog", str(exp.path)], exp.path.parent, exp.env).wait() == 5
+        check = Mlsm(["watchdog", str(exp.path)], exp.path.parent, exp.env)
+        return check.wait() == 5 and "is stale" in check.output()
     wait_for(stale, 10, "watchdog to see the stale heartbeat")
     act = Mlsm(["watchdog", str(exp.path), "--kill"], exp.path.parent, exp.env)
     assert act.wait() == 6, act.output()
@@ -187,3 +188,25 @@ def test_watchdog_errors_clearly(exp: Experiment) -> None:
     assert run.wait() == 3
     assert "has no status.json" in run.output()
 
+
+
+def test_watchdog_reports_and_kills_leftovers_of_finished_runs(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    assert exp.mlsm("run", "--max-iterations", "1").wait() == 0
+    env = {**exp.env, "MLSM_EXPERIMENT": str(exp.path.resolve()), "MLSM_RUN_ID": "finished"}
+    stray = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"], env=env,
+                             start_new_session=True)
+    try:
+        found = Mlsm(["watchdog", str(exp.path)], exp.path.parent, exp.env)
+        assert found.wait() == 5, found.output()
+        assert f"leftover processes of a finished run (pids {stray.pid}, run finished)" \
+            in found.output()
+        killed = Mlsm(["watchdog", str(exp.path), "--kill"], exp.path.parent, exp.env)
+        assert killed.wait() == 6, killed.output()
+        assert stray.wait(10) is not None
+        assert any(e["event"] == "watchdog_killed" and e["kind"] == "strays"
+                   for e in exp.events())
+        assert Mlsm(["watchdog", str(exp.path)], exp.path.parent, exp.env).wait() == 0
+    finally:
+        stray.kill()
+        stray.wait()

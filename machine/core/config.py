@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mlsm.hooks.layout import TRAIN
 from mlsm.machine.core.errors import ConfigError
 
 AGENTS = ("claude", "codex", "command", "builtin")
@@ -136,7 +137,7 @@ class Config:
         """The training command as an argv list."""
         if self.train_cmd:
             return shlex.split(self.train_cmd)
-        return [sys.executable, "train.py"]
+        return [sys.executable, TRAIN]
 
     def agent_argv(self) -> list[str]:
         """The `command` agent's argv; a clear error when it is missing."""

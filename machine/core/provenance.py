@@ -16,10 +16,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mlsm.hooks import layout
+from mlsm.hooks.layout import Layout
+
 SIZE_CAP = 5 * 1024 * 1024
 DIFF_CAP = 200_000
 EXCLUDES = (
-    ".mlsm/", "logs/", "status.json", "results.tsv", "STOP", "RETRY",
+    f"{layout.PRIVATE}/", f"{layout.LOGS}/", layout.STATUS, layout.LEDGER, layout.STOP,
+    layout.RETRY,
     "*.pt", "*.pth", "*.ckpt", "*.safetensors", "*.bin", "__pycache__/", "*.pyc",
     ".git/", "runs/", "wandb/", "mlruns/", "data/", "checkpoints/",
 )
@@ -66,7 +70,7 @@ def _argv(prefix: list[str], args: list[str]) -> list[str]:
 
 def _ours(exp_dir: Path) -> list[str]:
     """Options that point git at mlsm's repository and the experiment as its work tree."""
-    return [f"--git-dir={exp_dir / '.mlsm' / 'git'}", f"--work-tree={exp_dir}"]
+    return [f"--git-dir={git_dir_of(exp_dir)}", f"--work-tree={exp_dir}"]
 
 
 def _last_line(stderr: bytes) -> str:
@@ -135,10 +139,15 @@ def _read_capped(what: str, argv: list[str], cwd: Path, timeout: float) -> str:
     return data.decode(errors="replace")
 
 
+def git_dir_of(exp_dir: Path) -> Path:
+    """`.mlsm/git`: mlsm's own repository of the experiment (never the person's)."""
+    return Layout(exp_dir).private / "git"
+
+
 @contextmanager
 def _locked(exp_dir: Path) -> Iterator[None]:
     """Hold mlsm's provenance lock so that git lock files left behind are known stale."""
-    private = exp_dir / ".mlsm"
+    private = Layout(exp_dir).private
     private.mkdir(parents=True, exist_ok=True)
     with (private / "provenance.lock").open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -150,7 +159,7 @@ def _locked(exp_dir: Path) -> Iterator[None]:
 
 def _prepare(exp_dir: Path, iteration: int, deadline: float) -> None:
     """Create the repository if it is not whole, write its excludes, clear stale locks."""
-    git_dir = exp_dir / ".mlsm" / "git"
+    git_dir = git_dir_of(exp_dir)
     if not all((git_dir / name).exists() for name in ("HEAD", "objects", "refs")):
         _git([], ["init", "-q", "--bare", "--template=", str(git_dir)], exp_dir, deadline)
     info = git_dir / "info" / "exclude"
@@ -247,7 +256,7 @@ def resolve(exp_dir: Path, ref: str) -> str:
                        ok=(0, 1, 128))
         if rc == 0:
             return out.decode().strip()
-    where = exp_dir / ".mlsm" / "git"
+    where = git_dir_of(exp_dir)
     if match:
         raise ProvenanceError(f"iteration {int(match.group(1))} has no commit in {where}")
     raise ProvenanceError(f"{ref!r} names no commit in {where}")
