@@ -136,6 +136,8 @@ class TrainingRun(SupervisedRun):
         record = final_exit(self.run_dir, self.started_wall, self.launched.returncode,
                             self.run_id)
         record["leftovers"] = self.cleanup()
+        if record.get("pid") == self.launched.handle.get("pid") and not record["leftovers"]:
+            return record  # the shim's own exit.json already says all there is
         if not rundir.write_exit(self.run_dir, record):
             self.log.error("exit_record_unwritten", iteration=self.iteration,
                            detail="the disk refused exit.json; the record is kept in "

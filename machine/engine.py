@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -158,6 +159,8 @@ class Experiment:
         self._root_ino: int | None = None
         self._thread: threading.Thread | None = None
         self._hook_threads: list[threading.Thread] = []
+        self._committer: ThreadPoolExecutor | None = None
+        self._commits: dict[int, Future[str | None]] = {}
         self.log: Any = None
         self.supervisor: Supervisor | None = None
         self.machine: Machine | None = None
@@ -691,8 +694,8 @@ class Experiment:
 
     def _write_ledger(self) -> None:
         text = results.ledger_text(self.status.history, self.status.objective)
-        try:
-            write_atomic(self.layout.ledger, text.encode())
+        try:  # derived from status.json, so rewritten whole and not fsynced
+            write_atomic(self.layout.ledger, text.encode(), durable=False)
         except OSError as exc:
             self.log.error("ledger_write_failed", error=exc.strerror or str(exc))
 
@@ -736,6 +739,7 @@ class Experiment:
                            hint="secrets stay out of training; pass one with --train-env NAME")
         self.log.info("training_started", iteration=self.status.iteration,
                       pid=handle.get("pid"), run_dir=str(run.run_dir))
+        self._start_commit(self.status.iteration, run.run_dir)
 
     def _training_run(self) -> TrainingRun:
         it = self.status.iteration
@@ -751,7 +755,7 @@ class Experiment:
             self._settle_objective(rundir.read_result(run_dir))
         value, source = results.measure(run_dir, s.objective)
         row = results.make_row(s.iteration, exit_record, s.objective, value, source)
-        row.commit = self._commit(run_dir, row)
+        row.commit = self._commit_of(row.iteration, run_dir)
         s.history = [r for r in s.history if r.iteration != row.iteration] + [row]
         self._write_ledger()
         self.log.info("training_exited", iteration=row.iteration, outcome=row.outcome,
@@ -760,19 +764,30 @@ class Experiment:
                       commit=row.commit)
         self.model.trained()
 
-    def _commit(self, run_dir: Path, row: Row) -> str | None:
-        """Provenance: the directory as this iteration ran it, in mlsm's own git repository."""
+    def _start_commit(self, iteration: int, run_dir: Path) -> None:
+        """Commit what this iteration runs, on a worker while it trains (git takes ~25 ms)."""
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="provenance")
+        self._commits[iteration] = self._committer.submit(self._commit, iteration, run_dir)
+
+    def _commit_of(self, iteration: int, run_dir: Path) -> str | None:
+        """The iteration's commit id (committed now if the training started under a previous
+        daemon); None where git is missing or failed (logged once)."""
+        future = self._commits.pop(iteration, None)
         try:
-            commit = provenance.commit_iteration(
-                self.dir, row.iteration, f"iteration {row.iteration}: {row.outcome}"
-                + (f", {row.metric} = {row.value:.6g}" if row.value is not None else ""))
-            provenance.record_outer(run_dir, self.dir)
-        except provenance.ProvenanceError as exc:
+            return future.result(timeout=60) if future else self._commit(iteration, run_dir)
+        except (provenance.ProvenanceError, TimeoutError) as exc:
             self._log_once("provenance", str(exc), "provenance_failed", error=str(exc))
             return None
+
+    def _commit(self, iteration: int, run_dir: Path) -> str | None:
+        """Provenance: the directory as this iteration ran it, in mlsm's own git repository."""
+        commit = provenance.commit_iteration(self.dir, iteration,
+                                             f"iteration {iteration}: the files it ran with")
+        provenance.record_outer(run_dir, self.dir)
         if commit:
             with contextlib.suppress(OSError):
-                write_atomic(run_dir / rundir.COMMIT, f"{commit}\n".encode())
+                write_atomic(run_dir / rundir.COMMIT, f"{commit}\n".encode(), durable=False)
         return commit
 
     # ----- killing ---------------------------------------------------------------------
@@ -858,6 +873,8 @@ class Experiment:
         self._persist()
         for thread in self._hook_threads:  # let an on-done notification finish (time-limited)
             thread.join(self.config.hook_timeout + self.config.grace + 1)
+        if self._committer is not None:
+            self._committer.shutdown(wait=True, cancel_futures=True)
         self.log.info("daemon_stopped", state=self.state.value)
         self._sink.close()
         if self._lock_fh is not None:

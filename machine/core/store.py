@@ -32,8 +32,9 @@ def parse_iso(text: str | None) -> float | None:
         return None  # a garbage timestamp is treated as absent, never as an engine error
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, os.replace, fsync the directory."""
+def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    """Temp file in the same directory, fsync, os.replace, fsync the directory (the fsyncs
+    only when `durable`: a file derived from another needs no trip to the disk)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -41,7 +42,8 @@ def write_atomic(path: Path, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -49,6 +51,8 @@ def write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    if not durable:
+        return
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)
