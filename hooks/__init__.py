@@ -472,7 +472,10 @@ def _configure() -> None:
     """Read the environment once: with MLSM_RUN_DIR every hook writes there, else none does."""
     global _RUN_DIR, _INTERVAL, _FLUSH_EVERY, _TB, _COMPILED
     raw = os.environ.get("MLSM_RUN_DIR", "")
-    _RUN_DIR = os.path.abspath(raw) if raw and not _is_shim() else None  # train.py may chdir
+    # An agent step (MLSM_ROLE set) also has MLSM_RUN_DIR: a script it runs must not write
+    # heartbeats, metrics or a result into the training's folder.
+    on = raw and not _is_shim() and not os.environ.get("MLSM_ROLE")
+    _RUN_DIR = os.path.abspath(raw) if on else None  # train.py may chdir
     _INTERVAL = _seconds("MLSM_HEARTBEAT_INTERVAL", 1.0)
     _FLUSH_EVERY = _seconds("MLSM_FLUSH_INTERVAL", 1.0)
     _TB = os.environ.get("MLSM_TENSORBOARD") == "1"

@@ -208,12 +208,25 @@ class Daemon:
                 signal.signal(s, h)
         if self._signal is not None:
             return ExitCode.INTERRUPTED
-        failed = any(e.state == State.FAILED for e in self.experiments)
-        return ExitCode.RUN_FAILED if failed else ExitCode.OK
+        return self._verdict()
+
+    def _verdict(self) -> ExitCode:
+        """0 only when every run ended DONE with a best value; else why not."""
+        blocked = [e for e in self.experiments if e.idle_problem and not e.finished.is_set()]
+        for exp in blocked:
+            print(f"mlsm: error: {exp.dir}: {exp.idle_problem}", file=sys.stderr)
+        if blocked:
+            return ExitCode.ERROR
+        if any(e.state == State.FAILED for e in self.experiments):
+            return ExitCode.RUN_FAILED
+        if any(e.status.best is None for e in self.experiments):
+            return ExitCode.NO_RESULT
+        return ExitCode.OK
 
     def _loop(self, until_finished: bool) -> None:
         while self._signal is None:
-            if until_finished and all(e.finished.is_set() for e in self.experiments):
+            if until_finished and all(e.finished.is_set() or e.idle_problem
+                                      for e in self.experiments):
                 return
             if not self._wake.wait(RESCAN_S):
                 local.reap_orphans()  # orphans of killed trees we adopted as subreaper

@@ -159,6 +159,7 @@ class Experiment:
         self._root_ino: int | None = None
         self._thread: threading.Thread | None = None
         self._hook_threads: list[threading.Thread] = []
+        self.idle_problem: str | None = None  # why IDLE cannot start (an unusable IDEA.md)
         self._committer: ThreadPoolExecutor | None = None
         self._commits: dict[int, Future[str | None]] = {}
         self.log: Any = None
@@ -367,15 +368,29 @@ class Experiment:
 
     def _maybe_start(self) -> None:
         text, problem = read_text_file(self.layout.idea)
+        if text is None:
+            self._idle_because(problem or f"there is no IDEA.md in {self.dir} yet: write the "
+                                          f"experiment's idea into it to start", problem)
+            return
+        self.idle_problem = None
+        self.status.error = None
+        self.status.started_at = self.status.started_at or now_iso()
+        self.model.start()
+
+    def _idle_because(self, sentence: str, problem: str | None) -> None:
+        """IDLE cannot start: log it once, show it in status.json, wake `mlsm run` to exit."""
         if problem:
             self._log_once("idea", file_signature(self.layout.idea), "idea_unusable",
                            problem=problem)
-            return
-        if text is None:
+        else:
             self._log_once("idea", None, "waiting_for_idea", path=str(self.layout.idea))
-            return
-        self.status.started_at = self.status.started_at or now_iso()
-        self.model.start()
+        if self.idle_problem != sentence:
+            self.idle_problem = sentence
+            if problem and self.status.error != problem:
+                self.status.error = problem
+                self._persist()
+            if self.on_finished:
+                self.on_finished()
 
     def _log_once(self, key: str, signature: Any, event: str, **kw: Any) -> None:
         if self._seen_problems.get(key, object()) != signature:

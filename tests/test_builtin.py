@@ -171,7 +171,7 @@ def test_plan_reads_criteria_budget_and_config(exp: Path) -> None:
     assert "`val_loss <= 0.05`" in plan
     assert "`batch_size" not in plan.split("## Metric")[1].split("## Baseline")[0]
     assert "4 iterations have run (the budget in IDEA.md)" in plan
-    assert "2 iterations in a row bring no improvement (patience)" in plan
+    assert "2 iterations pass without a new best, as mlsm counts them (patience)" in plan
     assert "2 runs in a row fail" in plan
     assert "`max-hours` 1.5 h" in plan
     assert "- CPU only" in plan
@@ -209,7 +209,7 @@ def test_bad_role_and_bad_config_name_the_value(exp: Path) -> None:
 @pytest.mark.parametrize("idea, template, objective", [
     (CLASSIFY, "classification", "val_acc"),
     ("Fit a regression model to noisy data; minimize the validation MSE.", "regression",
-     "val_loss"),
+     "val_mse"),
     ("Train a tiny character-level language model on some text.", "charlm", "val_loss"),
 ])
 def test_code_iteration_1_writes_the_template_the_idea_asks_for(
@@ -218,7 +218,8 @@ def test_code_iteration_1_writes_the_template_the_idea_asks_for(
     ok(agent(exp, "code", 1))
     source = (exp / "train.py").read_text()
     assert source.startswith(f"# mlsm builtin template: {template}\n")
-    assert "from mlsm import hooks" in source and f"hooks.result({objective}=" in source
+    assert "from mlsm import hooks" in source and f"{objective}=" in source
+    assert f'\nOBJECTIVE = "{objective}"' in source and "objective=OBJECTIVE" in source
     assert not (run_dir(exp, "code", 1) / "params.json").exists()
 
 
@@ -364,8 +365,8 @@ def test_analyze_detects_nan_divergence(exp: Path) -> None:
              losses=[1.1, 3.0, "nan"])
     ok(agent(exp, "analyze", 2))
     doc = decision(exp, 2)
-    assert doc["decision"] == "continue" and "no val_acc (diverged)" in doc["reason"]
-    assert "Outcome:** diverged: the final val_acc, val_loss is not a finite number" in (
+    assert doc["decision"] == "continue" and "no val_acc (no_result, diverged)" in doc["reason"]
+    assert "Outcome:** no_result, diverged: the final val_acc, val_loss is not a finite number" in (
         run_dir(exp, "code", 2) / "analysis.md").read_text()
     # told as the worst value seen, so the sampler moves away from it
     assert trials(exp)[1]["value"] == 0.5
@@ -411,7 +412,7 @@ def test_analyze_finishes_on_budget_and_on_patience(exp: Path) -> None:
     assert "iteration budget spent (3 iterations" in decision(exp, 3)["reason"]
     write(exp / ".mlsm" / "config.json", {"max_iterations": 10, "patience": 1})
     ok(agent(exp, "analyze", 3))
-    assert "no improvement for 1 iterations (patience)" in decision(exp, 3)["reason"]
+    assert "no new best val_acc for 1 iterations (patience 1)" in decision(exp, 3)["reason"]
 
 
 def test_analyze_reports_abnormal_exits(exp: Path) -> None:
@@ -466,6 +467,7 @@ def test_report_with_no_iterations_still_writes_everything(exp: Path) -> None:
 
 @pytest.mark.parametrize("idea, objective", [
     ("Fit a regression model.", "val_loss"),
+    ("Fit a regression on generated data; minimize val_rmse.", "val_rmse"),
     ("Train a character-level language model.", "val_loss"),
 ])
 def test_template_train_py_runs_and_reports(exp: Path, idea: str, objective: str) -> None:

@@ -657,3 +657,16 @@ def test_the_shim_is_not_the_training(monkeypatch: pytest.MonkeyPatch, tmp_path:
     finally:
         monkeypatch.undo()
         hooks._configure()
+
+
+def test_a_script_an_agent_runs_writes_nothing_into_the_run_folder(tmp_path: Path) -> None:
+    """An agent step has MLSM_RUN_DIR too (MLSM_ROLE says it is an agent): a train.py it runs
+    to try things must not forge the training's heartbeat, metrics or result."""
+    done = run_child("""
+        from mlsm import hooks
+        assert not hooks.enabled()
+        hooks.log(step=1, loss=0.5)
+        hooks.result(loss=0.01)
+    """, tmp_path, tmp_path, MLSM_ROLE="analyze")
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -6,9 +6,10 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from mlsm.handlers.builtin.context import Step, step_from_env
-from mlsm.machine.errors import MlsmError
+if TYPE_CHECKING:
+    from mlsm.handlers.builtin.context import Step
 
 
 def _roles() -> dict[str, Callable[[Step], None]]:
@@ -21,9 +22,13 @@ def _roles() -> dict[str, Callable[[Step], None]]:
 
 def main() -> int:
     """Run one step; on a problem print one line to stderr and return non-zero."""
-    role = os.environ.get("MLSM_ROLE", "?")
+    environ = dict(os.environ)  # mlsm.hooks stays off: MLSM_ROLE marks an agent step
+    from mlsm.handlers.builtin.context import step_from_env
+    from mlsm.machine.core.errors import MlsmError
+
+    role = environ.get("MLSM_ROLE", "?")
     try:
-        step = step_from_env(os.environ)
+        step = step_from_env(environ)
         _roles()[step.role](step)
     except MlsmError as exc:
         print(f"mlsm builtin agent: {exc}", file=sys.stderr)

@@ -6,12 +6,21 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mlsm.machine.errors import ConfigError
+from mlsm.hooks.layout import Layout
+from mlsm.machine.core.errors import ConfigError
 
 ROLES = ("plan", "code", "analyze", "report")
+
+
+def template_names() -> tuple[str, ...]:
+    """The templates shipped in handlers/builtin/templates/, by name (file name without .py)."""
+    folder = resources.files("mlsm.handlers.builtin") / "templates"
+    return tuple(sorted(f.name[:-3] for f in folder.iterdir()
+                        if f.name.endswith(".py") and not f.name.startswith("_")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +33,7 @@ class Settings:
     objective: str | None = None
     goal: str | None = None
     max_hours: float | None = None
+    template: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,12 +49,12 @@ class Step:
 
 def iter_dir(exp_dir: Path, iteration: int) -> Path:
     """The logs folder of one iteration: logs/iter_NNN."""
-    return exp_dir / "logs" / f"iter_{iteration:03d}"
+    return Layout(exp_dir).iteration_dir(iteration)
 
 
 def private_dir(exp_dir: Path) -> Path:
     """Where mlsm keeps its own files (the builtin agent's study lives here too)."""
-    return exp_dir / ".mlsm"
+    return Layout(exp_dir).private
 
 
 def step_from_env(environ: Mapping[str, str]) -> Step:
@@ -62,19 +72,13 @@ def step_from_env(environ: Mapping[str, str]) -> Step:
         raise ConfigError(f"MLSM_ITERATION must be a whole number, got {raw!r}") from None
     if iteration < 0:
         raise ConfigError(f"MLSM_ITERATION must be >= 0, got {raw!r}")
-    run_dir = Path(environ.get("MLSM_RUN_DIR") or _default_run_dir(role, exp_dir, iteration))
+    run_dir = Path(environ.get("MLSM_RUN_DIR") or Layout(exp_dir).step_dir(role, iteration))
     return Step(role, exp_dir, iteration, run_dir, read_settings(exp_dir))
-
-
-def _default_run_dir(role: str, exp_dir: Path, iteration: int) -> Path:
-    if role in ("plan", "report"):
-        return exp_dir / "logs" / role
-    return iter_dir(exp_dir, iteration)
 
 
 def read_settings(exp_dir: Path) -> Settings:
     """The settings in `.mlsm/config.json`; a missing file means the defaults."""
-    path = private_dir(exp_dir) / "config.json"
+    path = Layout(exp_dir).config_json
     try:
         doc: Any = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -90,6 +94,7 @@ def read_settings(exp_dir: Path) -> Settings:
         objective=_str(doc, "objective", path),
         goal=_goal(doc, path),
         max_hours=_float(doc, "max_hours", path),
+        template=_template(doc, path),
     )
 
 
@@ -123,3 +128,12 @@ def _goal(doc: dict[str, Any], path: Path) -> str | None:
     if goal not in (None, "minimize", "maximize"):
         raise ConfigError(f"{path}: 'goal' must be 'minimize' or 'maximize', got {goal!r}")
     return goal
+
+
+def _template(doc: dict[str, Any], path: Path) -> str | None:
+    name = _str(doc, "template", path)
+    names = template_names()
+    if name is not None and name not in names:
+        raise ConfigError(f"{path}: 'template' (--template) must be one of {', '.join(names)}, "
+                          f"got {name!r}")
+    return name

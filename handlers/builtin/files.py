@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mlsm.machine.store import read_jsonl, write_atomic
+from mlsm.machine.core.store import read_jsonl, write_atomic
 
 _SPECIAL = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math.inf,
             "infinity": math.inf, "-infinity": -math.inf}

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from mlsm.handlers.inputs import read_text_file
-from mlsm.machine.errors import InputError
+from mlsm.machine.core.errors import InputError
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _NAME = r"[a-z][\w.]*"
@@ -21,7 +21,14 @@ _WORD_OPS = {"at least": ">=", "above": ">", "over": ">", "at most": "<=", "belo
              "under": "<"}
 _METRIC_STEMS = re.compile(
     r"acc|loss|bpc|perplexity|ppl|f1|auc|mse|rmse|mae|r2|error|score|reward|precision|recall")
-_SUCCESS_LINE = re.compile(r"success|criteri|target|goal|\baim\b|\bdone when")
+_SUCCESS = re.compile(r"success|criteri|\bdone when\b|\bsucceed")
+_BULLET = re.compile(r"^(?:[-*+]|\d+[.)])\s+")
+_PERCENT = re.compile(rf"({_NUM})\s*(?:%|percent\b)")
+_BY_PERCENT = re.compile(rf"\bby\s+(?:at\s+least\s+|more\s+than\s+)?({_NUM})\s*(?:%|percent\b)")
+_BASELINE = re.compile(r"\bbaseline")
+_BEAT = re.compile(r"\b(beats?|beating|outperform\w*|better|improv\w*)\b")
+_IMPROVE = re.compile(r"\b(beats?|beating|outperform\w*|better|improv\w*|lower|higher|"
+                      r"smaller|larger|greater|reduc\w*|increas\w*|decreas\w*|cuts?|gains?)\b")
 _OBJECTIVE = re.compile(r"^[\s*_>#-]*(?:objective|metric)[*_\s]*[:=]([^\n]*)", re.M)
 _FILLER = re.compile(r"maximi[sz]e|minimi[sz]e|the|a|an|to|of|on|is|higher|lower|better")
 _VERB = re.compile(r"\b(maximi[sz]e|minimi[sz]e)\b([^.\n]*)")
@@ -48,22 +55,59 @@ TASK_WORDS: dict[str, tuple[str, ...]] = {
 
 @dataclasses.dataclass(frozen=True)
 class Criterion:
-    """A success criterion such as `val_acc >= 0.95`."""
+    """A success criterion: absolute (`val_acc >= 0.97`), or relative to the baseline (`2 %
+    better than the baseline`: an improvement of 2 % of the baseline's value, in the metric's
+    direction). `metric` None means the objective."""
 
-    metric: str
+    metric: str | None
     op: str
     value: float
+    relative: bool = False
+    direction: str | None = None  # a relative criterion's own "lower"/"higher", if it said one
 
     @property
-    def goal(self) -> str:
+    def goal(self) -> str | None:
+        """The direction an absolute criterion implies (relative ones follow the objective)."""
+        if self.relative:
+            return self.direction
         return "maximize" if self.op in (">", ">=") else "minimize"
 
-    def met(self, value: float) -> bool:
-        return {">=": value >= self.value, ">": value > self.value,
-                "<=": value <= self.value, "<": value < self.value}[self.op]
+    def threshold(self, baseline: float | None, goal: str) -> float | None:
+        """The value a run must reach: the absolute bound, or the baseline moved by the
+        fraction in direction `goal` (the objective's, for the objective); None when a relative
+        criterion has no baseline."""
+        if not self.relative:
+            return self.value
+        if baseline is None:
+            return None
+        step = abs(baseline) * self.value
+        return baseline + step if goal == "maximize" else baseline - step
+
+    def met(self, value: float, baseline: float | None, goal: str) -> bool:
+        """Whether `value` meets the criterion (a relative one needs the baseline's value)."""
+        limit = self.threshold(baseline, goal)
+        if limit is None:
+            return False
+        if not self.relative:
+            return {">=": value >= limit, ">": value > limit,
+                    "<=": value <= limit, "<": value < limit}[self.op]
+        slack = 1e-9 * max(1.0, abs(limit))  # 0.8 * 1.02 is 0.8160000000000001 in floats
+        if self.value == 0:  # "beats the baseline": strictly better
+            return value > limit if goal == "maximize" else value < limit
+        return value >= limit - slack if goal == "maximize" else value <= limit + slack
+
+    def describe(self, objective: str | None = None) -> str:
+        """The criterion in words; a relative one names its baseline."""
+        metric = self.metric or objective or "the objective"
+        if not self.relative:
+            return f"{metric} {self.op} {self.value:g}"
+        way = {"maximize": " higher", "minimize": " lower"}.get(self.direction or "", " better")
+        if self.value == 0:
+            return f"{metric}{way} than the baseline's"
+        return f"{metric} at least {self.value * 100:g}%{way} than the baseline's (relative)"
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.op} {self.value:g}"
+        return self.describe()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,16 +120,16 @@ class Idea:
     objective: str | None
     goal: str | None
     criteria: tuple[Criterion, ...]
+    unclear: tuple[str, ...]  # success statements the parser could not read, quoted
     max_iterations: int | None
     minutes: float | None
     constraints: tuple[str, ...]
 
     @property
-    def task(self) -> str:
-        """The best-scoring task; classification when no task word appears."""
+    def task(self) -> str | None:
+        """The best-scoring task; None when no task word appears."""
         best = max(self.task_scores.values(), default=0)
-        return next((t for t, s in self.task_scores.items() if s == best and s > 0),
-                    "classification")
+        return next((t for t, s in self.task_scores.items() if s == best and s > 0), None)
 
     def words_for(self, task: str) -> list[str]:
         """The task words found in the idea, for saying why a template was chosen."""
@@ -114,7 +158,7 @@ def read_idea_or_none(exp_dir: Path) -> Idea | None:
 def parse_idea(text: str) -> Idea:
     """Parse the idea's text; every field is optional except the text itself."""
     norm = _normalise(text)
-    criteria = _criteria(norm)
+    criteria, unclear = _criteria(text)
     objective, goal = _objective(norm, criteria)
     iterations = [int(m.group(1)) for m in _ITERATIONS.finditer(norm) if int(m.group(1)) > 0]
     return Idea(
@@ -124,6 +168,7 @@ def parse_idea(text: str) -> Idea:
         objective=objective,
         goal=goal,
         criteria=criteria,
+        unclear=unclear,
         max_iterations=min(iterations) if iterations else None,
         minutes=_minutes(norm),
         constraints=_constraints(text),
@@ -145,27 +190,94 @@ def _title(text: str) -> str:
     return "experiment"
 
 
-def _criteria(norm: str) -> tuple[Criterion, ...]:
+def _criteria(text: str) -> tuple[tuple[Criterion, ...], tuple[str, ...]]:
+    """The criteria of every sentence, and the success sentences none could be read from."""
+    found: list[Criterion] = []
+    unclear: list[str] = []
+    for sentence, success in _sentences(text):
+        norm = _normalise(sentence)
+        relative = _relative(norm, success)
+        parsed = relative + _absolute(norm, success, bool(relative))
+        found += parsed
+        if success and not parsed:
+            unclear.append(sentence)
+    unique = {(c.metric, c.op, c.value, c.relative): c for c in found}
+    return tuple(unique.values()), tuple(dict.fromkeys(unclear))
+
+
+def _sentences(text: str) -> list[tuple[str, bool]]:
+    """Each sentence of the text's paragraphs and list items, and whether it states success
+    (it says so, or it sits under a heading about success)."""
+    out: list[tuple[str, bool]] = []
+    for unit, under in _units(text):
+        for sentence in re.split(r"(?<=[.!?;])\s+", unit):
+            sentence = sentence.strip()
+            if sentence and not _OBJECTIVE.match(sentence.lower()):
+                out.append((sentence, under or bool(_SUCCESS.search(sentence.lower()))))
+    return out
+
+
+def _units(text: str) -> list[tuple[str, bool]]:
+    """Paragraphs and list items with wrapped lines joined; headings are left out."""
+    units: list[tuple[list[str], bool]] = []
+    under, fresh = False, True
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            under, fresh = bool(_SUCCESS.search(stripped.lower())), True
+        elif not stripped:
+            fresh = True
+        elif fresh or _BULLET.match(stripped):
+            units.append(([_BULLET.sub("", stripped)], under))
+            fresh = False
+        else:
+            units[-1][0].append(stripped)
+    return [(" ".join(lines), flag) for lines, flag in units]
+
+
+def _relative(norm: str, success: bool) -> list[Criterion]:
+    """`beats the baseline by 2%`, `2% better than the baseline`, and in a success statement
+    `improve val_loss by 2%` or `beat the baseline` (strictly better)."""
+    if not _IMPROVE.search(norm):
+        return []
+    pct, by, baseline = _PERCENT.search(norm), _BY_PERCENT.search(norm), _BASELINE.search(norm)
+    hit = by or pct if baseline else by if success else None
+    if hit is None and not (success and baseline and _BEAT.search(norm)):
+        return []
+    fraction = float(hit.group(1)) / 100.0 if hit else 0.0
+    return [Criterion(_metric_in(norm), ">=", fraction, relative=True,
+                      direction=_direction(norm))]
+
+
+def _absolute(norm: str, success: bool, relative: bool) -> list[Criterion]:
+    """`val_acc >= 0.97`, `val_acc of at least 97%`: bounds on a named metric."""
     found: list[tuple[int, Criterion]] = []
     for pattern, ops in ((_CRITERION, _OPS), (_WORDED, _WORD_OPS)):
         for m in pattern.finditer(norm):
-            if _metric_like(m.group(1), _line_at(norm, m.start())):
-                c = _criterion(m.group(1), ops[m.group(2)], m.group(3), m.group(4))
-                found.append((m.start(), c))
-    unique = {(c.metric, c.op, c.value): c for _, c in sorted(found, key=lambda pc: pc[0])}
-    return tuple(unique.values())
+            if relative and m.group(4):
+                continue  # "val_loss 2% lower than the baseline" is not `val_loss < 0.02`
+            if _METRIC_STEMS.search(m.group(1)) or (success and "_" in m.group(1)):
+                found.append((m.start(), _criterion(m.group(1), ops[m.group(2)], m.group(3),
+                                                    m.group(4))))
+    return [c for _, c in sorted(found, key=lambda pc: pc[0])]
 
 
-def _metric_like(name: str, line: str) -> bool:
-    """A metric name, or any name on a line about success (so `batch_size <= 256` in a list of
-    constraints is not taken for a criterion)."""
-    return bool(_METRIC_STEMS.search(name) or _SUCCESS_LINE.search(line))
+def _metric_in(norm: str) -> str | None:
+    """The metric a sentence names (an identifier such as `val_loss` first), if any."""
+    words = [w.strip("`*()[],.:;'\"") for w in norm.split()]
+    words = [w[:-2] if w.endswith("'s") else w for w in words]
+    names = [w for w in words if re.fullmatch(_NAME, w) and _METRIC_STEMS.search(w)
+             and not _FILLER.fullmatch(w) and w != "baseline"]
+    ranked = [w for w in names if "_" in w] + names
+    return ranked[0] if ranked else None
 
 
-def _line_at(text: str, pos: int) -> str:
-    start = text.rfind("\n", 0, pos) + 1
-    end = text.find("\n", pos)
-    return text[start: end if end >= 0 else len(text)]
+def _direction(norm: str) -> str | None:
+    if re.search(r"\b(lower|smaller|less|reduc\w*|decreas\w*|cuts?)\b", norm):
+        return "minimize"
+    if re.search(r"\b(higher|larger|greater|increas\w*|raises?)\b", norm):
+        return "maximize"
+    return None
 
 
 def _criterion(metric: str, op: str, raw: str, percent: str) -> Criterion:
@@ -179,8 +291,9 @@ def _objective(norm: str, criteria: tuple[Criterion, ...]) -> tuple[str | None, 
     named = _pick_metric(explicit.group(1), everything=True) if explicit else None
     if explicit and named:
         return named, _goal_in(explicit.group(1)) or _goal_of(named, criteria, verb)
-    if criteria:
-        return criteria[0].metric, criteria[0].goal
+    named_criteria = [c for c in criteria if c.metric and c.goal]
+    if named_criteria:
+        return named_criteria[0].metric, named_criteria[0].goal
     named = _pick_metric(verb.group(2)) if verb else None
     if verb and named:
         return named, _goal_in(verb.group(1))
@@ -199,7 +312,7 @@ def _pick_metric(text: str, everything: bool = False) -> str | None:
 
 def _goal_of(name: str, criteria: tuple[Criterion, ...], verb: re.Match[str] | None) -> str | None:
     for c in criteria:
-        if c.metric == name:
+        if c.metric == name and c.goal:
             return c.goal
     if verb and _pick_metric(verb.group(2)) == name:
         return _goal_in(verb.group(1))
@@ -234,3 +347,13 @@ def _constraints(text: str) -> tuple[str, ...]:
         if inside and stripped:
             out.append(stripped.lstrip("-*+ ").strip())
     return tuple(out)
+
+
+def match_metric(name: str, available: list[str]) -> str | None:
+    """The reported metric a name from IDEA.md means: exact, then `val_` prefixed, then
+    `accuracy` read as `acc` and `perplexity` as `ppl`."""
+    short = name.replace("accuracy", "acc").replace("perplexity", "ppl")
+    for candidate in (name, f"val_{name}", short, f"val_{short}"):
+        if candidate in available:
+            return candidate
+    return None

@@ -2,51 +2,80 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from mlsm.handlers.builtin.context import Settings, Step
 from mlsm.handlers.builtin.files import write_text
-from mlsm.handlers.builtin.idea import Idea, read_idea
+from mlsm.handlers.builtin.idea import Criterion, Idea, read_idea
 from mlsm.handlers.builtin.library import Template, choose, detect
 from mlsm.handlers.builtin.search import STARTUP
 from mlsm.handlers.builtin.space import Param, fmt, scan_source, tunable
-from mlsm.handlers.builtin.target import Target, resolve_target
+from mlsm.handlers.builtin.target import propose, status_objective
+from mlsm.machine.core.results import Objective
 
 HONEST = (
     "_Written by mlsm's **builtin** agent: a deterministic research assistant that tunes the "
     "parameters a training script declares with `hooks.params`. It does not invent new models "
-    "or edit code beyond choosing a starting template; every decision below follows fixed rules "
-    "and a seeded Optuna search, so the same idea and the same results lead to the same "
-    "choices._"
+    "or write code for an idea: it runs the person's own `train.py`, or one of its small "
+    "stand-in templates when the idea asks for exactly that task; every decision below follows "
+    "fixed rules and a seeded Optuna search, so the same idea and the same results lead to the "
+    "same choices._"
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """What the plan runs and optimises, and where each part came from."""
+
+    template: Template | None  # the template the script is (or will be) written from
+    why: str | None  # why a template will be written; None when train.py exists
+    space: list[Param] | None
+    objective: Objective | None
+    source: str  # where the objective came from
+
+
 def run_plan(step: Step) -> None:
-    """Write PLAN.md for the idea in the experiment directory."""
+    """Write PLAN.md for the idea; with no train.py and no fitting template, write nothing and
+    fail with one line (NoTemplateError, exit 3)."""
     idea = read_idea(step.exp_dir)
+    choice = make_choice(step, idea)
+    write_text(step.exp_dir / "PLAN.md", render_plan(idea, step.settings, choice))
+    script = f"the {choice.template.name} template" if choice.why and choice.template \
+        else "the existing train.py"
+    goal = f"{choice.objective.goal} {choice.objective.name}" if choice.objective \
+        else "objective left to train.py's hooks.result"
+    print(f"plan: wrote PLAN.md: {script}, {goal}")
+
+
+def make_choice(step: Step, idea: Idea) -> Choice:
+    """The script (the person's train.py, else a fitting template) and the objective."""
     train = step.exp_dir / "train.py"
-    template: Template | None
+    settled = status_objective(step.exp_dir)
     if train.is_file():
         source = train.read_text(encoding="utf-8", errors="replace")
         template, why = detect(source), None
     else:
-        template, why = choose(idea)
+        wanted = settled.name if settled else step.settings.objective or idea.objective
+        template, why = choose(idea, step.settings, wanted)
         source = template.source()
-    target = resolve_target(step.settings, idea, [], template)
-    text = render_plan(idea, step.settings, why is None, template, why, scan_source(source),
-                       target)
-    write_text(step.exp_dir / "PLAN.md", text)
-    script = f"the {template.name} template" if why and template else "the existing train.py"
-    print(f"plan: wrote PLAN.md: {script}, {target.goal} {target.objective}")
+    objective: Objective | None = settled
+    where = f"mlsm's status ({settled.source})" if settled else ""
+    if settled is None:
+        objective, where = propose(step.settings, idea, template, source)
+    return Choice(template, why, scan_source(source), objective, where)
 
 
-def render_plan(idea: Idea, settings: Settings, own: bool, template: Template | None,
-                why: str | None, space: list[Param] | None, target: Target) -> str:
-    """PLAN.md as markdown."""
-    parts = [f"# Plan: {idea.title}", HONEST,
-             "## What will be tuned", *_script(own, template, why), *_space(space),
-             "## Metric", *_metric(target),
-             "## Baseline", *_baseline(space),
-             "## Search", *_search(space),
-             "## Stopping rule", *_stopping(idea, settings, target)]
+def render_plan(idea: Idea, settings: Settings, choice: Choice) -> str:
+    """PLAN.md as markdown; the objective line right after the title, as mlsm parses it."""
+    head = [f"# Plan: {idea.title}"]
+    if choice.objective is not None:
+        head.append(f"Objective: {choice.objective.goal} {choice.objective.name}")
+    parts = [*head, HONEST,
+             "## What will be tuned", *_script(choice, idea), *_space(choice.space),
+             "## Metric", *_metric(choice, idea),
+             "## Baseline", *_baseline(choice.space),
+             "## Search", *_search(choice.space),
+             "## Stopping rule", *_stopping(idea, settings, choice)]
     if idea.constraints:
         parts += ["## Constraints from IDEA.md", *(f"- {c}" for c in idea.constraints),
                   "The builtin agent does not check these itself; the templates are small, "
@@ -54,18 +83,20 @@ def render_plan(idea: Idea, settings: Settings, own: bool, template: Template | 
     return "\n\n".join(parts) + "\n"
 
 
-def _script(own: bool, template: Template | None, why: str | None) -> list[str]:
-    if own and template is not None:
+def _script(choice: Choice, idea: Idea) -> list[str]:
+    template = choice.template
+    if choice.why is None and template is not None:
         return [f"- **Script:** the existing `train.py`, written from the builtin "
                 f"`{template.name}` template ({template.summary}); it runs unchanged and later "
                 "iterations only change its parameters."]
-    if own:
+    if choice.why is None:
         return ["- **Script:** the person's own `train.py`, which runs unchanged; later "
                 "iterations only pass new parameter values to it (`params.json`)."]
     assert template is not None
-    return [f"- **Script:** the builtin `{template.name}` template, {template.summary}. "
-            f"Chosen because {why}. It is written to `train.py` in iteration 1 and not edited "
-            "afterwards; later iterations only change its parameters."]
+    return [f"- **Script:** the builtin `{template.name}` template, {template.summary}. It is "
+            f"a stand-in, not code written for this idea, chosen {choice.why}. It is written "
+            "to `train.py` in iteration 1 and not edited afterwards; later iterations only "
+            "change its parameters."]
 
 
 def _space(space: list[Param] | None) -> list[str]:
@@ -80,16 +111,39 @@ def _space(space: list[Param] | None) -> list[str]:
     return ["\n".join(lines)]
 
 
-def _metric(target: Target) -> list[str]:
-    lines = [f"- **Objective:** `{target.objective}`, to **{target.goal}** "
-             f"(from {target.source})."]
-    if target.criteria:
-        lines.append("- **Success criterion:** " + " and ".join(f"`{c}`" for c in target.criteria)
-                     + " (checked on each run's final metrics).")
+def _metric(choice: Choice, idea: Idea) -> list[str]:
+    obj = choice.objective
+    if obj is None:
+        lines = ["- **Metric to optimise:** not named in IDEA.md or the configuration, and "
+                 "`train.py`'s `hooks.result` call is not literal: mlsm takes the metric the "
+                 "first run reports as its objective."]
     else:
+        lines = [f"- **Objective:** `{obj.name}`, to **{obj.goal}** (from {choice.source})."]
+    if idea.objective and obj and choice.template and choice.template.reports(
+            idea.objective) is None:
+        lines.append(f"- IDEA.md names `{idea.objective}`, which the `{choice.template.name}` "
+                     f"template does not report ({', '.join(choice.template.metrics)}).")
+    lines += criteria_lines(idea.criteria, idea.unclear, obj.name if obj else None)
+    return ["\n".join(lines)]
+
+
+def criteria_lines(criteria: tuple[Criterion, ...], unclear: tuple[str, ...],
+                   objective: str | None) -> list[str]:
+    """The success criteria as PLAN.md and REPORT.md list them, unread ones quoted back."""
+    lines = []
+    if criteria:
+        relative = any(c.relative for c in criteria)
+        lines.append("- **Success criterion:** " + " and ".join(
+            f"`{c.describe(objective)}`" for c in criteria) + " (checked on each successful "
+            "run" + ("; relative to the baseline's value, iteration 1, in the objective's "
+                     "direction" if relative else "") + ").")
+    for text in unclear:
+        lines.append(f"- **Success criterion:** not understood: {text} (quoted from IDEA.md; "
+                     "the builtin agent does not guess its meaning and does not check it)")
+    if not criteria and not unclear:
         lines.append("- **Success criterion:** none in IDEA.md; the search runs until a budget "
                      "or the patience rule ends it.")
-    return ["\n".join(lines)]
+    return lines
 
 
 def _baseline(space: list[Param] | None) -> list[str]:
@@ -112,19 +166,21 @@ def _search(space: list[Param] | None) -> list[str]:
             "seen, so the search moves away from them."]
 
 
-def _stopping(idea: Idea, settings: Settings, target: Target) -> list[str]:
+def _stopping(idea: Idea, settings: Settings, choice: Choice) -> list[str]:
     budget = settings.max_iterations
     rules = []
-    if target.criteria:
+    name = choice.objective.name if choice.objective else None
+    if idea.criteria:
         rules.append("the success criterion is met (" + " and ".join(
-            f"`{c}`" for c in target.criteria) + ")")
+            f"`{c.describe(name)}`" for c in idea.criteria) + ")")
     if idea.max_iterations is not None and idea.max_iterations < budget:
         budget = idea.max_iterations
         rules.append(f"{budget} iterations have run (the budget in IDEA.md)")
     else:
         rules.append(f"{budget} iterations have run (`max-iterations`)")
     if settings.patience:
-        rules.append(f"{settings.patience} iterations in a row bring no improvement (patience)")
+        rules.append(f"{settings.patience} iterations pass without a new best, as mlsm counts "
+                     "them (patience)")
     rules.append(f"{settings.max_failures} runs in a row fail (`max-failures`)")
     rules.append("the baseline fails before declaring its parameters (the builtin agent cannot "
                  "fix code)")

@@ -10,6 +10,7 @@ from typing import Any
 from mlsm.handlers.builtin.files import number, write_atomic_bytes
 from mlsm.handlers.builtin.runs import Run
 from mlsm.handlers.builtin.target import Target
+from mlsm.machine.core import results
 
 
 def _figure(width: float, height: float) -> Any:
@@ -27,42 +28,44 @@ def _save(fig: Any, path: Path) -> None:
     write_atomic_bytes(path, buf.getvalue())
 
 
-def plot_objective(path: Path, runs: list[Run], target: Target) -> None:
-    """The objective of each iteration, the running best, and the baseline."""
+def plot_objective(path: Path, target: Target) -> None:
+    """The objective of each iteration, the running best (results.best), and the baseline."""
     fig = _figure(7, 4)
     ax = fig.subplots()
-    name = target.objective
-    points = [(r.iteration, r.value(name)) for r in runs]
-    done = [(i, v) for i, v in points if v is not None]
+    name, rows = target.name, list(target.rows)
+    done = [(r.iteration, v) for r in rows if (v := target.counted(r.iteration)) is not None]
     if done:
         ax.plot(*zip(*done, strict=True), "o-", color="tab:blue", label=name)
-        ax.step(*zip(*_running_best(done, target), strict=True), where="post",
+        ax.step(*zip(*_running_best(target), strict=True), where="post",
                 color="tab:green", label="best so far")
-        if runs[0].iteration == 1 and points[0][1] is not None:
-            ax.axhline(points[0][1], ls="--", color="gray", label="baseline")
-    failed = [r.iteration for r in runs if r.value(name) is None]
-    if failed:
+        if target.counted(1) is not None:
+            ax.axhline(target.counted(1), ls="--", color="gray", label="baseline")
+    missed = [r.iteration for r in rows if target.counted(r.iteration) is None]
+    if missed:
         y = min(v for _, v in done) if done else 0.0
-        ax.plot(failed, [y] * len(failed), "x", color="tab:red", ms=10,
-                label="failed or diverged")
-    if not runs:
+        ax.plot(missed, [y] * len(missed), "x", color="tab:red", ms=10,
+                label="failed or no value")
+    if not rows:
         ax.text(0.5, 0.5, "no iterations ran", ha="center", va="center",
                 transform=ax.transAxes)
     ax.set_xlabel("iteration")
     ax.set_ylabel(f"{name} ({target.goal})")
     ax.set_title(f"{name} per iteration")
-    if runs:
-        ax.set_xticks([r.iteration for r in runs])
+    if rows:
+        ax.set_xticks([r.iteration for r in rows])
         ax.legend(loc="best")
     ax.grid(alpha=0.3)
     _save(fig, path)
 
 
-def _running_best(done: list[tuple[int, float]], target: Target) -> list[tuple[int, float]]:
+def _running_best(target: Target) -> list[tuple[int, float]]:
+    """After each iteration, the best value so far as results.best names it."""
+    rows = list(target.rows)
     out: list[tuple[int, float]] = []
-    for iteration, value in done:
-        best = value if not out or target.better(value, out[-1][1]) else out[-1][1]
-        out.append((iteration, best))
+    for k, row in enumerate(rows):
+        best = results.best(rows[:k + 1], target.objective)
+        if best is not None and best.value is not None:
+            out.append((row.iteration, best.value))
     return out
 
 
@@ -78,8 +81,8 @@ def plot_curves(path: Path, baseline: Run | None, best: Run | None, target: Targ
             continue
         rows = run.curves()
         _series(left, rows, "loss", label, color)
-        _series(right, rows, target.objective, label, color)
-    for ax, key in ((left, "loss"), (right, target.objective)):
+        _series(right, rows, target.name, label, color)
+    for ax, key in ((left, "loss"), (right, target.name)):
         ax.set_xlabel("step")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
@@ -89,7 +92,7 @@ def plot_curves(path: Path, baseline: Run | None, best: Run | None, target: Targ
             ax.text(0.5, 0.5, f"no {key} logged", ha="center", va="center",
                     transform=ax.transAxes)
     left.set_title("training loss")
-    right.set_title(f"{target.objective} during training")
+    right.set_title(f"{target.name} during training")
     _save(fig, path)
 
 

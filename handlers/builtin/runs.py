@@ -1,4 +1,7 @@
-"""What happened in each iteration, read back from its logs folder: parameters, result, fate."""
+"""Each iteration's own files (parameters, metrics, curves, what went wrong) for plots and search.
+
+Whether a run counts (its outcome, its value, the best) is the daemon's answer: see target.py.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +17,9 @@ from mlsm.handlers.builtin.files import (
     read_metrics,
     read_object,
 )
+from mlsm.handlers.builtin.idea import match_metric
 from mlsm.handlers.builtin.space import Param, read_space
 
-OK, DIVERGED, FAILED = "ok", "diverged", "failed"
 _EXPLODE = 3.0  # a loss that ends this many times above where it started has diverged
 
 
@@ -28,21 +31,18 @@ class Run:
     dir: Path
     params: dict[str, Any]
     metrics: dict[str, float]
-    result_objective: str | None
-    result_goal: str | None
     duration_s: float | None
-    outcome: str
-    problem: str | None
+    problem: str | None  # what went wrong, in a sentence; None when nothing did
+    diverged: bool
     error_line: str | None
     space: list[Param] | None
     decision: dict[str, Any] | None
 
-    def value(self, objective: str) -> float | None:
-        """The finite objective value of a run that did not fail; else None."""
-        value = self.metrics.get(objective)
-        if self.outcome == FAILED or value is None or not math.isfinite(value):
-            return None
-        return value
+    def metric(self, name: str) -> float | None:
+        """The finite final value of the metric IDEA.md calls `name` (result.json), if any."""
+        found = match_metric(name, list(self.metrics))
+        value = self.metrics.get(found) if found else None
+        return value if value is not None and math.isfinite(value) else None
 
     def curves(self) -> list[dict[str, Any]]:
         """The rows of metrics.jsonl (read on demand: only the report draws them)."""
@@ -65,18 +65,17 @@ def read_run(exp_dir: Path, iteration: int) -> Run:
     result = read_object(folder / "result.json")
     exit_doc = read_object(folder / "exit.json")
     metrics = _result_metrics(result)
-    outcome, problem = _fate(exit_doc, result, metrics, read_metrics(folder / "metrics.jsonl"))
+    failure = _exit_problem(exit_doc)
+    problem, diverged = _diagnose(exit_doc, result, metrics, folder)
     return Run(
         iteration=iteration,
         dir=folder,
         params=_params(folder),
         metrics=metrics,
-        result_objective=_text(result, "objective"),
-        result_goal=_text(result, "goal"),
         duration_s=number((exit_doc or {}).get("duration_s")),
-        outcome=outcome,
         problem=problem,
-        error_line=last_error_line(folder / "stderr.log") if outcome == FAILED else None,
+        diverged=diverged,
+        error_line=last_error_line(folder / "stderr.log") if failure or not exit_doc else None,
         space=read_space(folder / "space.json"),
         decision=read_object(folder / "decision.json"),
     )
@@ -87,11 +86,6 @@ def _params(folder: Path) -> dict[str, Any]:
     return read_object(folder / "params_used.json") or read_object(folder / "params.json") or {}
 
 
-def _text(doc: dict[str, Any] | None, key: str) -> str | None:
-    value = (doc or {}).get(key)
-    return value if isinstance(value, str) and value else None
-
-
 def _result_metrics(result: dict[str, Any] | None) -> dict[str, float]:
     raw = (result or {}).get("metrics")
     if not isinstance(raw, dict):
@@ -100,21 +94,23 @@ def _result_metrics(result: dict[str, Any] | None) -> dict[str, float]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _fate(exit_doc: dict[str, Any] | None, result: dict[str, Any] | None,
-          metrics: dict[str, float], rows: list[dict[str, Any]]) -> tuple[str, str | None]:
-    """(outcome, a sentence saying what went wrong or None)."""
+def _diagnose(exit_doc: dict[str, Any] | None, result: dict[str, Any] | None,
+              metrics: dict[str, float], folder: Path) -> tuple[str | None, bool]:
+    """(a sentence saying what went wrong or None, whether the run diverged)."""
     failure = _exit_problem(exit_doc)
     if failure:
-        return FAILED, failure
-    if result is None:
-        if exit_doc is None:
-            return FAILED, "the run left neither exit.json nor result.json (it did not finish)"
-        return FAILED, "the script exited without calling hooks.result (no result.json)"
+        return failure, False
+    if exit_doc is None:
+        return "the run left no exit.json (it did not finish)", False
     bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
     if bad:
-        return DIVERGED, f"the final {', '.join(bad)} is not a finite number"
-    divergence = diverged(rows)
-    return (DIVERGED, divergence) if divergence else (OK, None)
+        return f"the final {', '.join(bad)} is not a finite number", True
+    divergence = diverged(read_metrics(folder / "metrics.jsonl"))
+    if divergence:
+        return divergence, True
+    if result is None:
+        return "the script exited without calling hooks.result (no result.json)", False
+    return None, False
 
 
 def _exit_problem(exit_doc: dict[str, Any] | None) -> str | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlsm.handlers.builtin.context import private_dir
-from mlsm.handlers.builtin.runs import DIVERGED, Run
+from mlsm.handlers.builtin.runs import Run
 from mlsm.handlers.builtin.space import Param, tunable
 from mlsm.handlers.builtin.target import Target
 
@@ -28,17 +28,19 @@ def journal_path(exp_dir: Path) -> Path:
     return private_dir(exp_dir) / "optuna.journal"
 
 
-def study_name(space: list[Param]) -> str:
-    """One study per search space: a script whose declared space changes starts a new study
-    (Optuna refuses to mix distributions of one name), and earlier runs are told to it again."""
-    shape = [[p.name, p.kind, p.low, p.high, [p.encode(c) for c in p.choices], p.log]
-             for p in tunable(space)]
+def study_name(space: list[Param], target: Target) -> str:
+    """One study per search space and objective: a script whose declared space changes starts a
+    new study (Optuna refuses to mix distributions of one name), and so does a new objective or
+    direction; earlier runs are told to it again."""
+    shape: list[object] = [[p.name, p.kind, p.low, p.high, [p.encode(c) for c in p.choices],
+                            p.log] for p in tunable(space)]
+    shape.append([target.name, target.goal])
     digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
     return f"{STUDY}-{digest[:10]}"
 
 
-def open_study(exp_dir: Path, space: list[Param], goal: str, iteration: int) -> Any:
-    """Load the space's study (creating it with `goal` the first time); the sampler is seeded
+def open_study(exp_dir: Path, space: list[Param], target: Target, iteration: int) -> Any:
+    """Load the space's study (creating it the first time); the sampler is seeded
     by the iteration, so each fresh process draws differently but every rerun draws the same."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
@@ -52,15 +54,16 @@ def open_study(exp_dir: Path, space: list[Param], goal: str, iteration: int) -> 
     lock = JournalFileSymlinkLock(str(path), grace_period=LOCK_GRACE)
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(path), lock))
     sampler = optuna.samplers.TPESampler(seed=SEED + iteration, n_startup_trials=STARTUP)
-    direction: Literal["minimize", "maximize"] = "maximize" if goal == "maximize" else "minimize"
-    return optuna.create_study(storage=storage, study_name=study_name(space), direction=direction,
-                               sampler=sampler, load_if_exists=True)
+    direction: Literal["minimize", "maximize"] = (
+        "maximize" if target.goal == "maximize" else "minimize")
+    return optuna.create_study(storage=storage, study_name=study_name(space, target),
+                               direction=direction, sampler=sampler, load_if_exists=True)
 
 
 def sync(exp_dir: Path, iteration: int, runs: list[Run], space: list[Param],
          target: Target) -> Any:
     """Open the study and make every run so far a told trial (safe to repeat)."""
-    study = open_study(exp_dir, space, target.goal, iteration)
+    study = open_study(exp_dir, space, target, iteration)
     for run in runs:
         record(study, run, space, target)
     return study
@@ -113,7 +116,8 @@ def _adopt_orphan(study: Any, iteration: int, space: list[Param]) -> Any:
 
 def record(study: Any, run: Run, space: list[Param], target: Target) -> None:
     """Make a finished run a told trial: register it when the search did not ask for it (the
-    baseline, a person's run), then tell its result. Safe to repeat."""
+    baseline, a person's run), then tell the value the daemon counts for it (none for a failed
+    run; the worst seen for a diverged one). Safe to repeat."""
     import optuna
 
     trial = trial_of(study, run.iteration)
@@ -121,10 +125,12 @@ def record(study: Any, run: Run, space: list[Param], target: Target) -> None:
         trial = _register(study, run, space)
     if trial.state.is_finished():
         return
-    value = run.value(target.objective)
-    if value is None and run.outcome == DIVERGED:
+    value = target.counted(run.iteration)
+    if value is None and run.diverged:
         value = _worst(study)  # steer the sampler away from a region that diverges
-    optuna.trial.Trial(study, trial._trial_id).set_user_attr(OUTCOME, run.outcome)
+    row = target.row(run.iteration)
+    outcome = "diverged" if run.diverged else row.outcome if row else "failed"
+    optuna.trial.Trial(study, trial._trial_id).set_user_attr(OUTCOME, outcome)
     if value is None:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     else:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mlsm.handlers.builtin.files import read_json
-from mlsm.machine.errors import InputError
+from mlsm.machine.core.errors import InputError
 
 _PLAIN = (type(None), bool, int, float, str)
 KINDS = ("loguniform", "uniform", "intrange", "choice", "fixed")

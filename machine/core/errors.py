@@ -15,6 +15,7 @@ class ExitCode(enum.IntEnum):
     LOCKED = 4
     UNHEALTHY = 5
     ACTED = 6
+    NO_RESULT = 7  # `mlsm run` ended DONE, but no training produced the objective
     INTERRUPTED = 130
 
 

@@ -15,6 +15,9 @@ from mlsm import hooks
 
 torch.set_num_threads(1)
 
+OBJECTIVE = "val_loss"  # the metric mlsm optimises: the builtin agent sets it from PLAN.md
+GOAL = "minimize"
+
 cfg = hooks.params(
     lr=hooks.loguniform(1e-4, 3e-2, default=3e-4),
     context=hooks.choice([4, 8, 12, 16], default=4),
@@ -82,7 +85,8 @@ def main() -> None:
     val_bpc = val_loss / math.log(2)
     print(f"final | val_loss {val_loss:.4f} | val_bpc {val_bpc:.3f}"
           f" | {time.time() - start:.1f}s", flush=True)
-    hooks.result(val_loss=val_loss, val_bpc=val_bpc, goal="minimize")
+    hooks.result(val_loss=val_loss, val_bpc=val_bpc, val_ppl=math.exp(val_loss),
+                 objective=OBJECTIVE, goal=GOAL)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ from mlsm import hooks
 
 torch.set_num_threads(1)
 
+OBJECTIVE = "val_acc"  # the metric mlsm optimises: the builtin agent sets it from PLAN.md
+GOAL = "maximize"
+
 cfg = hooks.params(
     lr=hooks.loguniform(1e-4, 3e-1, default=3e-4),
     hidden=hooks.choice([16, 32, 64, 128], default=16),
@@ -81,7 +84,7 @@ def main() -> None:
     val_loss, val_acc = evaluate(net, x_val, y_val)
     print(f"final | val_acc {val_acc:.4f} | val_loss {val_loss:.4f}"
           f" | {time.time() - start:.1f}s", flush=True)
-    hooks.result(val_acc=val_acc, val_loss=val_loss, goal="maximize")
+    hooks.result(val_acc=val_acc, val_loss=val_loss, objective=OBJECTIVE, goal=GOAL)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ from mlsm import hooks
 
 torch.set_num_threads(1)
 
+OBJECTIVE = "val_loss"  # the metric mlsm optimises: the builtin agent sets it from PLAN.md
+GOAL = "minimize"
+
 cfg = hooks.params(
     lr=hooks.loguniform(1e-4, 1e-1, default=3e-4),
     hidden=hooks.choice([16, 32, 64, 128], default=16),
@@ -74,7 +77,8 @@ def main() -> None:
     val_rmse = val_loss ** 0.5
     print(f"final | val_loss {val_loss:.4f} | val_rmse {val_rmse:.4f}"
           f" | {time.time() - start:.1f}s", flush=True)
-    hooks.result(val_loss=val_loss, val_rmse=val_rmse, goal="minimize")
+    hooks.result(val_loss=val_loss, val_mse=val_loss, val_rmse=val_rmse, objective=OBJECTIVE,
+                 goal=GOAL)
 
 
 if __name__ == "__main__":
