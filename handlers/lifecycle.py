@@ -12,18 +12,31 @@ from typing import Any
 from mlsm.handlers.launchers import get_launcher
 from mlsm.handlers.launchers.base import Spec
 from mlsm.hooks.layout import Layout
+from mlsm.machine.core.errors import ConfigError
+from mlsm.machine.core.states import State
+
+STATES = tuple(s.value for s in State)
 
 
-def hook_commands(exp_dir: Path, state: str) -> list[list[str]]:
-    """The commands to run on entering `state`: the executable first, then the toml entry."""
-    out: list[list[str]] = []
-    exe = Layout(exp_dir).hooks_dir / f"on-{state}"
-    if exe.is_file() and os.access(exe, os.X_OK):
-        out.append([str(exe)])
+def hook_commands(exp_dir: Path) -> dict[str, list[list[str]]]:
+    """Every state's commands, read once when the daemon opens the experiment (a training
+    that writes `.mlsm/hooks/` or mlsm.toml later changes nothing until a restart)."""
     table = _toml_hooks(exp_dir)
-    cmd = table.get(f"on-{state}") or table.get(f"on_{state}")
-    if isinstance(cmd, str) and cmd.strip():
-        out.append(shlex.split(cmd))
+    out: dict[str, list[list[str]]] = {}
+    for state in STATES:
+        cmds: list[list[str]] = []
+        exe = Layout(exp_dir).hooks_dir / f"on-{state}"
+        if exe.is_file() and os.access(exe, os.X_OK):
+            cmds.append([str(exe)])
+        cmd = table.get(f"on-{state}") or table.get(f"on_{state}")
+        if isinstance(cmd, str) and cmd.strip():
+            try:
+                cmds.append(shlex.split(cmd))
+            except ValueError as exc:
+                raise ConfigError(f"{Layout(exp_dir).toml}: hook on-{state} {cmd!r} cannot be "
+                                  f"split like a shell line ({exc}): fix its quotes") from None
+        if cmds:
+            out[state] = cmds
     return out
 
 
@@ -36,11 +49,12 @@ def _toml_hooks(exp_dir: Path) -> dict[str, Any]:
     return table if isinstance(table, dict) else {}
 
 
-def run_hooks(exp_dir: Path, state: str, previous: str | None, iteration: int,
-              timeout: float, grace: float, log: Any) -> list[threading.Thread]:
+def run_hooks(exp_dir: Path, commands: list[list[str]], state: str, previous: str | None,
+              iteration: int, timeout: float, grace: float,
+              log: Any) -> list[threading.Thread]:
     """Start each hook in its own session and a thread that times it out; returns the threads."""
     threads = []
-    for argv in hook_commands(exp_dir, state):
+    for argv in commands:
         thread = threading.Thread(
             target=_run_one, args=(exp_dir, argv, state, previous, iteration, timeout, grace,
                                    log), name=f"hook-{state}", daemon=True)

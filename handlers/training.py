@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mlsm.handlers.environment import training_env
+from mlsm.handlers.launchers import sandbox
 from mlsm.handlers.launchers.base import Handle, Spec
 from mlsm.handlers.sentinel import HeartbeatWatch, Verdict
 from mlsm.handlers.supervised import SupervisedRun
@@ -70,6 +71,8 @@ class TrainingRun(SupervisedRun):
         self.layout, self.iteration, self.config = layout, iteration, config
         self.started_wall: float | None = None
         self.withheld: list[str] = []
+        self.sandbox: sandbox.Policy | None = None  # set by the engine when the sandbox is on
+        self._next_usage = 0.0
 
     def spawn(self) -> Handle:
         """Prepare the run folder and start the shim; it waits for `release` before training."""
@@ -84,13 +87,46 @@ class TrainingRun(SupervisedRun):
                    MLSM_ITERATION=str(self.iteration))
         if self.config.tensorboard:
             env["MLSM_TENSORBOARD"] = "1"
+        env.update(self._limits())
         argv = self.config.train_argv()
+        inner = sandbox.wrap(argv, self.sandbox) if self.sandbox else argv
         self.launched = self.launcher.spawn(Spec(
-            argv=shim_argv(self.run_dir, argv), cwd=self.layout.root, env=env,
+            argv=shim_argv(self.run_dir, inner), cwd=self.layout.root, env=env,
             stdout=self.run_dir / rundir.STDOUT, stderr=self.run_dir / rundir.STDERR,
-            handshake=True, record_cmd=argv, experiment=self.layout.root))
+            handshake=True, record_cmd=argv, experiment=self.layout.root, config=self.config))
         self.started_wall = time.time()
         return self.launched.handle
+
+    def _limits(self) -> dict[str, str]:
+        """Per-process limits the shim sets before it starts the training (see hooks/shim)."""
+        limits = {"MLSM_LIMIT_NOFILE": str(self.config.max_open_files)}
+        memory = self.config.memory_bytes()
+        if memory and not sandbox.gpu_devices(None):  # address-space limits break CUDA
+            limits["MLSM_LIMIT_AS"] = str(memory)
+        return limits
+
+    def _check_usage(self) -> bool:
+        """Once a second: kill a tree past --max-procs or --max-memory; True when it did."""
+        now = self.clock()
+        if now < self._next_usage or self.handle is None:
+            return False
+        self._next_usage = now + 1.0
+        procs, rss = self.launcher.usage(self.handle)
+        memory = self.config.memory_bytes()
+        if procs > self.config.max_procs:
+            self._limit("process_limit", f"{procs} processes, over --max-procs "
+                                         f"{self.config.max_procs}")
+            return True
+        if memory and rss > memory:
+            self._limit("memory_limit", f"{rss / 2**20:.0f} MB resident, over --max-memory "
+                                        f"{self.config.max_memory}")
+            return True
+        return False
+
+    def _limit(self, reason: str, detail: str) -> None:
+        self.log.warning("training_killed", iteration=self.iteration, reason=reason,
+                         detail=detail)
+        self.kill_for(reason, detail)
 
     def release(self) -> None:
         """The identity is persisted: let the shim start training, then watch it."""
@@ -114,14 +150,18 @@ class TrainingRun(SupervisedRun):
 
     def _watch(self) -> None:
         assert self.launched is not None
-        cfg = self.config
-        watch = HeartbeatWatch(cfg.heartbeat_timeout, cfg.startup_grace, cfg.output_timeout,
-                               cfg.run_timeout, self.clock)
+        watch: HeartbeatWatch | None = None
         while not self.abandoned:
+            # Staleness and --run-timeout count from the start; a queued job starts afresh.
+            watch = (watch or self._heartbeat_watch()) if self.launched.begun() else None
             if self.launched.wait(self.POLL_S):
                 break
+            if watch is None:
+                continue
             verdict = watch.observe(rundir.read_heartbeat(self.run_dir),
                                     rundir.output_size(self.run_dir))
+            if self._check_usage():
+                break
             if verdict is not None and not verdict.kill:
                 self.log.warning("no_heartbeat", iteration=self.iteration, hint=verdict.detail)
             elif verdict is not None:
@@ -130,6 +170,11 @@ class TrainingRun(SupervisedRun):
         if self.abandoned or self.stopping():
             return
         self.emit(Event(EXITED, self.run_id, {"kind": "training", "exit": self._exit()}))
+
+    def _heartbeat_watch(self) -> HeartbeatWatch:
+        cfg = self.config
+        return HeartbeatWatch(cfg.heartbeat_timeout, cfg.startup_grace, cfg.output_timeout,
+                              cfg.run_timeout, self.clock)
 
     def _exit(self) -> dict[str, Any]:
         assert self.launched is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -16,13 +17,36 @@ from mlsm.hooks import rundir
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def _record(run_dir: Path, returncode: int, started: float, detail: str | None = None) -> None:
+def _record(run_dir: Path, returncode: int, started: float, detail: str | None = None,
+            reason: str | None = None) -> None:
     """Write exit.json (with the daemon's kill reason, if it gave one); a full disk is told."""
-    record = rundir.with_kill_note(
-        rundir.exit_record(returncode, started, detail=detail, pid=os.getpid()), run_dir)
+    record = rundir.with_kill_note(rundir.exit_record(
+        returncode, started, detail=detail, pid=os.getpid(), reason=reason), run_dir)
     if not rundir.write_exit(run_dir, record):
         print("mlsm: could not write exit.json; the daemon records the exit code itself",
               file=sys.stderr, flush=True)
+
+
+LIMITS = (("MLSM_LIMIT_NOFILE", resource.RLIMIT_NOFILE), ("MLSM_LIMIT_AS", resource.RLIMIT_AS))
+OUT_OF_MEMORY = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
+
+
+def _apply_limits() -> None:
+    """In the training's process, before exec: the daemon's per-process limits."""
+    for name, which in LIMITS:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            _soft, hard = resource.getrlimit(which)
+            new = int(value) if hard == resource.RLIM_INFINITY else min(int(value), hard)
+            resource.setrlimit(which, (new, new if which == resource.RLIMIT_AS else hard))
+
+
+def _memory_verdict(run_dir: Path, returncode: int) -> str | None:
+    """`memory_limit` when a training under --max-memory died of an allocation failure."""
+    if returncode == 0 or not os.environ.get("MLSM_LIMIT_AS"):
+        return None
+    tail = rundir.read_tail(run_dir / rundir.STDERR, 8192)
+    return "memory_limit" if any(word in tail for word in OUT_OF_MEMORY) else None
 
 
 def _wait_for_go() -> bool:
@@ -40,7 +64,7 @@ def run(run_dir: Path, argv: list[str]) -> int:
         return rundir.NOT_STARTED
     started = time.time()
     try:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_apply_limits)
     except OSError as exc:
         message = f"cannot start training command {argv[0]!r}: {exc.strerror or exc}"
         print(f"mlsm: {message}", file=sys.stderr, flush=True)
@@ -54,7 +78,7 @@ def run(run_dir: Path, argv: list[str]) -> int:
     for sig in FORWARDED:
         signal.signal(sig, forward)
     returncode = child.wait()
-    _record(run_dir, returncode, started)
+    _record(run_dir, returncode, started, reason=_memory_verdict(run_dir, returncode))
     return returncode if returncode >= 0 else 128 - returncode
 
 

@@ -24,8 +24,8 @@ from mlsm.handlers.agent_step import AgentRun, prepare_step
 from mlsm.handlers.agents import get_backend
 from mlsm.handlers.agents.base import AgentBackend, AgentOutcome, Role, check_product, read_decision
 from mlsm.handlers.inputs import file_signature, read_text_file
-from mlsm.handlers.launchers import get_launcher, launcher_of
-from mlsm.handlers.lifecycle import run_hooks
+from mlsm.handlers.launchers import get_launcher, launcher_of, sandbox
+from mlsm.handlers.lifecycle import hook_commands, run_hooks
 from mlsm.handlers.prompting import instructions
 from mlsm.handlers.training import TrainingRun
 from mlsm.hooks import rundir
@@ -33,7 +33,7 @@ from mlsm.hooks.layout import Layout
 from mlsm.machine.core import events as ev
 from mlsm.machine.core import provenance, results
 from mlsm.machine.core.config import Config
-from mlsm.machine.core.errors import InputError, LockedError
+from mlsm.machine.core.errors import ConfigError, InputError, LockedError
 from mlsm.machine.core.events import Event
 from mlsm.machine.core.journal import make_logger
 from mlsm.machine.core.results import Row
@@ -159,7 +159,10 @@ class Experiment:
         self._root_ino: int | None = None
         self._thread: threading.Thread | None = None
         self._hook_threads: list[threading.Thread] = []
-        self.idle_problem: str | None = None  # why IDLE cannot start (an unusable IDEA.md)
+        self.idle_problem: str | None = None
+        self._sandbox = False
+        self._hooks: dict[str, list[list[str]]] = {}
+        self._report_before = False  # why IDLE cannot start (an unusable IDEA.md)
         self._committer: ThreadPoolExecutor | None = None
         self._commits: dict[int, Future[str | None]] = {}
         self.log: Any = None
@@ -181,6 +184,8 @@ class Experiment:
         self.status.max_iterations = self.config.max_iterations
         self.status.daemon_pid = os.getpid()
         self._write_config()
+        self._sandbox = self._resolve_sandbox()
+        self._hooks = hook_commands(self.dir)  # read once: training cannot plant new ones
         self.machine = Machine(
             model=self.model, states=self._state_defs(), transitions=TRANSITIONS,
             initial=self.status.state, auto_transitions=False, queued=True,
@@ -188,6 +193,25 @@ class Experiment:
             after_state_change=self._after_change, finalize_event=self._finalize,
         )
         self._root_ino = self._ino()
+
+    def _resolve_sandbox(self) -> bool:
+        """Whether trainings run in bubblewrap: `auto` falls back with one warning line."""
+        mode = self.config.sandbox
+        if mode == "none":
+            return False
+        problem = sandbox.preflight()
+        if problem is None:
+            for text in self.config.sandbox_bind:
+                try:
+                    sandbox.Bind.parse(text)
+                except ValueError as exc:
+                    raise ConfigError(str(exc)) from None
+            return True
+        if mode == "bwrap":
+            raise ConfigError(f"--sandbox bwrap: {problem}")
+        self.log.warning("sandbox_unavailable", detail=f"training runs without a sandbox: "
+                                                       f"{problem}")
+        return False
 
     def backend(self) -> AgentBackend:
         if self._backend is None:
@@ -507,9 +531,9 @@ class Experiment:
     def _after_change(self, event: Any) -> None:
         dest = event.transition.dest
         self._hook_threads = [t for t in self._hook_threads if t.is_alive()]
-        self._hook_threads += run_hooks(self.dir, dest, event.transition.source,
-                                        self.status.iteration, self.config.hook_timeout,
-                                        self.config.grace, self.log)
+        self._hook_threads += run_hooks(self.dir, self._hooks.get(dest, []), dest,
+                                        event.transition.source, self.status.iteration,
+                                        self.config.hook_timeout, self.config.grace, self.log)
 
     def _finalize(self, event: Any) -> None:
         self._persist()
@@ -754,13 +778,21 @@ class Experiment:
                            hint="secrets stay out of training; pass one with --train-env NAME")
         self.log.info("training_started", iteration=self.status.iteration,
                       pid=handle.get("pid"), run_dir=str(run.run_dir))
+        if run.sandbox is not None:
+            self._log_once("sandbox", "on", "sandbox", detail=sandbox.describe(run.sandbox))
+        self._report_before = self.layout.report.exists()
         self._start_commit(self.status.iteration, run.run_dir)
 
     def _training_run(self) -> TrainingRun:
         it = self.status.iteration
-        return TrainingRun(self.layout, it, self.config, get_launcher(self.config.launcher),
-                           self.layout.iteration_dir(it), self.post, self.log, self.clock,
-                           stopping=self._halting)
+        run = TrainingRun(self.layout, it, self.config, get_launcher(self.config.launcher),
+                          self.layout.iteration_dir(it), self.post, self.log, self.clock,
+                          stopping=self._halting)
+        if self._sandbox:
+            run.sandbox = sandbox.Policy(
+                self.dir, run.run_dir, tuple(map(sandbox.Bind.parse, self.config.sandbox_bind)),
+                self.config.allow_network, Path.home(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+        return run
 
     def _training_finished(self, exit_record: dict[str, Any]) -> None:
         s = self.status

@@ -88,6 +88,11 @@ class Experiment:
         self.path = path
         self.env = env
         self._procs = procs
+        # Where a sandboxed training may write for the test to read (the experiment directory
+        # is read-only to it): $TEST_SHARED, shared with --sandbox-bind.
+        self.shared = path.parent / "shared"
+        self.shared.mkdir(exist_ok=True)
+        self.env["TEST_SHARED"] = str(self.shared)
 
     def write(self, name: str, text: str) -> Path:
         target = self.path / name
@@ -111,7 +116,8 @@ class Experiment:
     def mlsm(self, cmd: str, *args: str, agent: bool = True, **env: str) -> Mlsm:
         extra = ["--agent", "command", "--agent-cmd", AGENT_CMD] if agent else []
         proc = Mlsm([cmd, str(self.path), *extra, "--grace", "2", "--retry-backoff", "0.05",
-                     *args], self.path.parent, {**self.env, **env})
+                     "--sandbox-bind", str(self.shared), *args], self.path.parent,
+                    {**self.env, **env})
         self._procs.append(proc)
         return proc
 
@@ -159,3 +165,18 @@ def _kill_tagged(d: Path) -> None:
         with contextlib.suppress(psutil.Error):
             if proc.pid != me and proc.info["cwd"] and proc.info["cwd"].startswith(str(d)):
                 proc.kill()
+
+
+def host_pids(d: Path, recorded: list[int]) -> list[int]:
+    """Host pids of the live processes in `d` that recorded `recorded` as their own pid: inside
+    the sandbox's pid namespace a process sees another number (NSpid maps the two)."""
+    found: dict[int, int] = {}
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError, ValueError):
+            if not proc.cwd().startswith(str(d)):
+                continue
+            ns = [line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                  if line.startswith("NSpid:")]
+            own = int(ns[0].split()[-1]) if ns else proc.pid
+            found.setdefault(own, proc.pid)
+    return [found[p] for p in recorded if p in found]  # those not found have exited

@@ -526,7 +526,7 @@ def test_mlsm_run_goes_to_reporting_when_the_cost_budget_is_spent(
     rc = run_mlsm(exp_dir, claude_bin, cli_env, "--max-iterations", "5",
                   "--max-cost-usd", "0.015")
     log = (tmp_path / "mlsm-run.log").read_text(errors="replace")[-3000:]
-    assert rc == 0, log
+    assert rc == 7, log  # DONE (a report), but the budget ran out before any training
     roles = roles_requested(fake)
     assert roles[0] == "plan" and roles[-1] == "report", roles
     assert roles.count("code") < 5

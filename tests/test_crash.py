@@ -22,7 +22,7 @@ import os, random, time
 from pathlib import Path
 from mlsm import hooks
 exp = Path(os.environ["MLSM_DIR"])
-with (exp / "launches.log").open("a") as fh:
+with (Path(os.environ["TEST_SHARED"]) / "launches.log").open("a") as fh:
     fh.write(os.environ["MLSM_ITERATION"] + "\\n")
 hold = exp / "hold_training"
 end = time.monotonic() + random.uniform(0.0, 0.3)
@@ -35,7 +35,7 @@ hooks.result(loss=1.0 / int(os.environ["MLSM_ITERATION"]))
 
 def _launches(exp: Experiment) -> Counter[str]:
     try:
-        return Counter((exp.path / "launches.log").read_text().split())
+        return Counter((exp.shared / "launches.log").read_text().split())
     except OSError:
         return Counter()
 

@@ -11,7 +11,8 @@ from helpers import Experiment
 from mlsm.handlers.environment import training_env
 from mlsm.machine.daemon import OverflowHandler
 
-DUMP_ENV = "import json, os\njson.dump(dict(os.environ), open('env.json', 'w'))\n"
+DUMP_ENV = ("import json, os\njson.dump(dict(os.environ), "
+            "open(os.path.join(os.environ['TEST_SHARED'], 'env.json'), 'w'))\n")
 SECRETS = {
     "ANTHROPIC_API_KEY": "sk-ant-x", "ANTHROPIC_BASE_URL": "http://x", "OPENAI_API_KEY": "sk-x",
     "GITHUB_TOKEN": "ghp", "AWS_SECRET_ACCESS_KEY": "aws", "AWS_ACCESS_KEY_ID": "id",
@@ -27,7 +28,7 @@ def test_training_env_withholds_secrets_only(exp: Experiment) -> None:
                    "--train-env", "MY_SERVICE_TOKEN", WANDB_MODE="offline",
                    CUDA_VISIBLE_DEVICES="0", SOMETHING_RANDOM="r", **SECRETS)
     assert run.wait() == 7, run.output()  # the script reports no objective
-    env = json.loads((exp.path / "env.json").read_text())
+    env = json.loads((exp.shared / "env.json").read_text())
     leaked = sorted(set(SECRETS) & set(env) - {"MY_SERVICE_TOKEN"})
     assert leaked == []
     assert env["MY_SERVICE_TOKEN"] == "t"  # named by the person: passed on purpose

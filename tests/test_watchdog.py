@@ -45,7 +45,7 @@ def test_stale_heartbeat_is_killed_in_time_with_a_stack_dump(exp: Experiment) ->
     exp.write("train.py", BEAT_UNTIL_MARKER)
     exp.write("hang_now", "")  # beat once, then hang
     run = exp.mlsm("run", "--heartbeat-timeout", "1", **FAST_BEATS)
-    assert run.wait() == 0, run.output()
+    assert run.wait() == 7, run.output()  # DONE, no training produced a result
     record = _exit(exp)
     assert record["reason"] == "stale_heartbeat"
     assert isinstance(record["seconds"], float) and 1.0 <= record["seconds"] < 3.0
@@ -62,7 +62,7 @@ def test_printing_without_heartbeats_falls_back_to_output_growth(exp: Experiment
     exp.write("train.py", "import time\nfor i in range(25):\n    print('step', i, flush=True)\n"
                           "    time.sleep(0.1)\nimport signal\nsignal.pause()\n")
     run = exp.mlsm("run", "--startup-grace", "0.5", "--output-timeout", "1.5", **FAST_BEATS)
-    assert run.wait() == 0
+    assert run.wait() == 7  # DONE, no training produced a result
     record = _exit(exp)
     assert record["reason"] == "stale_heartbeat" and "no heartbeat ever" in str(record["detail"])
     stdout = (exp.path / "logs" / "iter_001" / "stdout.log").read_text()
@@ -95,7 +95,7 @@ def test_run_timeout_kills_the_tree(exp: Experiment) -> None:
     exp.write("IDEA.md", "x")
     exp.write("train.py", BEAT_UNTIL_MARKER)
     run = exp.mlsm("run", "--run-timeout", "1", **FAST_BEATS)
-    assert run.wait() == 0
+    assert run.wait() == 7  # DONE, no training produced a result
     assert _exit(exp)["reason"] == "run_timeout"
 
 
@@ -103,7 +103,7 @@ def test_max_failures_moves_to_reporting(exp: Experiment) -> None:
     exp.write("IDEA.md", "x")
     run = exp.mlsm("run", "--max-failures", "2", "--max-iterations", "6",
                    FAKE_TRAIN_BODY="raise SystemExit(2)\n")
-    assert run.wait() == 0
+    assert run.wait() == 7  # DONE, no training produced a result
     status = exp.status()
     assert status["iteration"] == 2 and "2 consecutive iterations failed" in status["stop_reason"]
     assert "report 2" in exp.agent_calls() and status["state"] == "done"
@@ -124,7 +124,7 @@ def test_max_hours_kills_training_and_still_reports(exp: Experiment) -> None:
     exp.write("train.py", BEAT_UNTIL_MARKER)
     run = exp.mlsm("run", "--max-hours", "0.0004", "--max-iterations", "5",
                    MLSM_HEARTBEAT_INTERVAL="0.05")
-    assert run.wait(90) == 0
+    assert run.wait(90) == 7, run.output()
     status = exp.status()
     assert _exit(exp)["reason"] == "max_hours"
     assert "wall-time budget" in status["stop_reason"] and status["iteration"] == 1
@@ -159,7 +159,7 @@ def test_watchdog_kills_hung_training_of_a_dead_daemon(exp: Experiment) -> None:
     assert any(e["event"] == "watchdog_killed" for e in exp.events())
     # The next daemon picks the ended run up from exit.json and carries on.
     run = exp.mlsm("run", FAKE_DECISION="finish")
-    assert run.wait() == 0
+    assert run.wait() == 7  # DONE, no training produced a result
     assert "training_ended_while_down" in exp.runner_log()
 
 

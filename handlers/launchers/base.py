@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlsm.machine.core.config import Config
+
 Handle = dict[str, Any]
 """A launcher's identity of a run, as stored in status.json; `launcher` names its owner."""
 
@@ -30,6 +32,7 @@ class Spec:
     handshake: bool = False  # the command waits for `release()` before doing anything
     record_cmd: list[str] | None = None  # what status.json shows (the argv without wrappers)
     experiment: Path | None = None  # tags the run's processes with their experiment
+    config: Config | None = None  # the experiment's settings (a launcher's options are there)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +61,10 @@ class Launched(Protocol):
     def wait(self, timeout: float | None) -> bool:
         """Wait up to `timeout` seconds; True once the main process has ended."""
 
+    def begun(self) -> bool:
+        """Whether the run has left its queue; a pending or requeued job has not, and no
+        heartbeat or run timeout counts until it has."""
+
 
 class Launcher(Protocol):
     """One way of running commands: `local` (a process tree here), later torchrun and Slurm."""
@@ -81,6 +88,9 @@ class Launcher(Protocol):
 
     def leftovers(self, handle: Handle, grace: float) -> int:
         """Kill what is left of a run whose main process has ended; returns how many were."""
+
+    def usage(self, handle: Handle) -> tuple[int, int]:
+        """(processes, resident bytes) of the run's tree; (0, 0) where it cannot be seen."""
 
     def strays(self, experiment: Path, keep: list[str]) -> list[Handle]:
         """Runs of `experiment` that still have processes but are not in `keep` (run ids)."""

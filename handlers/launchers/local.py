@@ -22,6 +22,8 @@ from mlsm.machine.core.store import now_iso
 RUN_ID_VAR = "MLSM_RUN_ID"
 EXPERIMENT_VAR = "MLSM_EXPERIMENT"
 PR_SET_CHILD_SUBREAPER = 36
+PAGE = os.sysconf("SC_PAGE_SIZE")
+KILL_ROUNDS = 50
 REATTACH_POLL_S = 0.25
 
 # Our own Popen children: the orphan reaper must never reap one (Popen.wait owns its status).
@@ -65,7 +67,25 @@ def same_process(handle: Handle) -> bool:
     ticks = start_ticks(pid)
     if ticks is None or ticks != handle.get("start_ticks"):
         return False
-    return not _is_zombie(pid)
+    return not _is_zombie(pid) and _tagged(pid, handle)
+
+
+def _tags(handle: Handle) -> list[bytes]:
+    """The environment entries every process of the run carries (its run, its experiment)."""
+    tags = [f"{RUN_ID_VAR}={handle.get('run_id')}".encode()]
+    if handle.get("experiment"):
+        tags.append(f"{EXPERIMENT_VAR}={handle['experiment']}".encode())
+    return tags
+
+
+def _tagged(pid: int, handle: Handle) -> bool:
+    """Whether `pid` carries the run's tags: a forged status.json cannot aim at a stranger."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            names = set(fh.read().split(b"\0"))
+    except OSError:
+        return False
+    return all(tag in names for tag in _tags(handle))
 
 
 def _is_zombie(pid: int) -> bool:
@@ -120,6 +140,9 @@ class LocalRun:
                 stdin.write(data)
             stdin.close()
 
+    def begun(self) -> bool:
+        return True  # a local run never queues
+
     def wait(self, timeout: float | None) -> bool:
         """Wait for the exit; a pidfd wakes us the moment it happens (Popen.wait polls)."""
         if self._popen is None:
@@ -160,6 +183,8 @@ class LocalLauncher:
             "start_ticks": start_ticks(popen.pid), "boot_id": boot_id(), "run_id": run_id,
             "cmd": list(spec.record_cmd or spec.argv), "started_at": now_iso(),
         }
+        if spec.experiment is not None:
+            handle["experiment"] = str(spec.experiment)
         return LocalRun(handle, popen)
 
     def _popen(self, spec: Spec, env: dict[str, str], out: int,
@@ -195,6 +220,10 @@ class LocalLauncher:
         if not handle.get("run_id"):
             return 0
         return kill_tree({**handle, "pid": 0}, grace, use_group=False).found
+
+    def usage(self, handle: Handle) -> tuple[int, int]:
+        procs = alive(tree(handle))
+        return len(procs), sum(_rss(p.pid) for p in procs)
 
     def strays(self, experiment: Path, keep: list[str]) -> list[Handle]:
         return [{"launcher": self.name, "run_id": run_id, "pid": 0, "pids": pids}
@@ -255,9 +284,9 @@ def _descendants(roots: Iterable[int], children: Mapping[int, list[int]]) -> set
 
 def tree(handle: Handle) -> list[psutil.Process]:
     """The recorded process, its descendants, and every process tagged with its run (and theirs)."""
-    needle = f"{RUN_ID_VAR}={handle.get('run_id')}".encode()
-    children, tagged = _scan([needle] if handle.get("run_id") else [])
-    roots = set(tagged.get(needle, ()))
+    needles = _tags(handle) if handle.get("run_id") else []
+    children, tagged = _scan(needles)
+    roots = set.intersection(*(tagged[n] for n in needles)) if needles else set()
     if same_process(handle):
         roots.add(_pid(handle))
     pids = _descendants(roots, children)
@@ -269,10 +298,20 @@ def tree(handle: Handle) -> list[psutil.Process]:
     return procs
 
 
+def _rss(pid: int) -> int:
+    """Resident bytes of `pid` from /proc/pid/statm (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _signal_all(handle: Handle, procs: Iterable[psutil.Process], sig: int,
                 use_group: bool) -> None:
     pgid = handle.get("pgid")
-    if use_group and isinstance(pgid, int) and pgid > 1 and handle.get("boot_id") == boot_id():
+    # Only the group of a process verified as ours: a forged handle cannot aim a killpg.
+    if use_group and isinstance(pgid, int) and pgid > 1 and same_process(handle):
         with contextlib.suppress(OSError):
             os.killpg(pgid, sig)
     for proc in procs:
@@ -312,9 +351,12 @@ def kill_tree(handle: Handle, grace: float, use_group: bool = True) -> KillRepor
     left = wait_gone(procs, grace)
     # A child may have forked during the grace period: look again before the KILL.
     left = alive({p.pid: p for p in [*left, *tree(handle)]}.values())
-    if left:
+    rounds = 0
+    while left and rounds < KILL_ROUNDS:  # a pid hopper forks anew between scan and kill
         _signal_all(handle, left, signal.SIGKILL, use_group)
-        left = wait_gone(left, 5.0)
+        gone_now = wait_gone(left, 5.0)
+        left = alive({p.pid: p for p in [*gone_now, *tree(handle)]}.values())
+        rounds += 1
     reap_orphans()
     return KillReport(len(procs), len(left))
 

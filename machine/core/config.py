@@ -84,9 +84,42 @@ OPTIONS: tuple[Option, ...] = (
     Option("poll_interval", "float", 1.0, "Seconds between polls with --poll.", minimum=0.05),
     Option("max_parallel", "int", 0, "Experiments training at once (0: no limit).", minimum=0),
     Option("hook_timeout", "float", 60.0, "Seconds a lifecycle hook may run.", minimum=0),
+    Option("sandbox", "choice", "auto",
+           "Run training in a bubblewrap sandbox (auto: where a preflight succeeds).",
+           ("auto", "bwrap", "none")),
+    Option("sandbox_bind", "list", (),
+           "Paths training may use inside the sandbox (datasets, caches): PATH, PATH:ro."),
+    Option("allow_network", "bool", False, "Let sandboxed training reach the network."),
+    Option("max_memory", "str", None,
+           "Memory limit of one training, e.g. 16G or 512M (exit reason memory_limit)."),
+    Option("max_procs", "int", 2048,
+           "Processes one training may have at once (exit reason process_limit).", minimum=1),
+    Option("max_open_files", "int", 4096, "Open files per training process.", minimum=16),
     Option("template", "str", None,
            "Built-in agent: the named template to run (charlm, classification, regression)."),
-    Option("launcher", "choice", "local", "How training runs: local.", ("local",)),
+    Option("launcher", "choice", "local", "How training runs: local, or a Slurm batch job.",
+           ("local", "slurm")),
+    Option("ui", "int", 0, "Serve the web UI on this port from the daemon (0: off).", minimum=0),
+    Option("ui_host", "str", "127.0.0.1",
+           "Address the web UI binds to; any but loopback requires a token."),
+    Option("ui_token", "str", None,
+           "Token the web UI asks for (default: none on loopback, a printed one elsewhere)."),
+    Option("mlflow", "str", None,
+           "Export every iteration to MLflow at this tracking URI, from the files."),
+    Option("wandb", "bool", False,
+           "Export every iteration to W&B in offline mode (`wandb sync` later), from the files."),
+    Option("notify", "str", None,
+           "POST a JSON message to this URL on DONE, FAILED, a stale kill and a budget stop."),
+    Option("slurm_partition", "str", None, "Slurm: the partition (sbatch --partition)."),
+    Option("slurm_time", "str", None, "Slurm: the job's time limit (sbatch --time, 4:00:00)."),
+    Option("slurm_gres", "str", None, "Slurm: generic resources (sbatch --gres, gpu:1)."),
+    Option("slurm_account", "str", None, "Slurm: the account to charge (sbatch --account)."),
+    Option("slurm_cpus_per_task", "int", None, "Slurm: CPUs per task (sbatch --cpus-per-task).",
+           minimum=1),
+    Option("slurm_mem", "str", None, "Slurm: memory per node (sbatch --mem, 16G)."),
+    Option("slurm_nodes", "int", 1, "Slurm: nodes; above 1 the training runs through srun.",
+           minimum=1),
+    Option("slurm_extra", "str", None, "Slurm: more sbatch arguments (split like a shell)."),
 )
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
 TRUE = {"1", "true", "yes", "on"}
@@ -129,14 +162,57 @@ class Config:
     poll_interval: float = 1.0
     max_parallel: int = 0
     hook_timeout: float = 60.0
+    sandbox: str = "auto"
+    sandbox_bind: tuple[str, ...] = ()
+    allow_network: bool = False
+    max_memory: str | None = None
+    max_procs: int = 2048
+    max_open_files: int = 4096
     template: str | None = None
     launcher: str = "local"
+    ui: int = 0
+    ui_host: str = "127.0.0.1"
+    ui_token: str | None = None
+    mlflow: str | None = None
+    wandb: bool = False
+    notify: str | None = None
+    slurm_partition: str | None = None
+    slurm_time: str | None = None
+    slurm_gres: str | None = None
+    slurm_account: str | None = None
+    slurm_cpus_per_task: int | None = None
+    slurm_mem: str | None = None
+    slurm_nodes: int = 1
+    slurm_extra: str | None = None
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+
+    def memory_bytes(self) -> int | None:
+        """--max-memory in bytes (None: no limit); a clear error for a bad value."""
+        text = (self.max_memory or "").strip().upper().removesuffix("B")
+        if not text or text == "0":
+            return None
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+        try:
+            value = float(text[:-1] if scale > 1 else text) * scale
+        except ValueError:
+            raise ConfigError(f"--max-memory {self.max_memory!r}: use a size such as 16G, "
+                              f"512M or a number of bytes") from None
+        if value < 16 << 20:
+            raise ConfigError(f"--max-memory {self.max_memory!r} is below 16M: too small to "
+                              f"start Python")
+        return int(value)
 
     def train_argv(self) -> list[str]:
         """The training command as an argv list."""
         if self.train_cmd:
-            return shlex.split(self.train_cmd)
+            try:
+                argv = shlex.split(self.train_cmd)
+            except ValueError as exc:
+                raise ConfigError(f"--train-cmd {self.train_cmd!r} cannot be split like a shell "
+                                  f"line ({exc}): fix its quotes") from None
+            if not argv:
+                raise ConfigError("--train-cmd is empty: give the training command")
+            return argv
         return [sys.executable, TRAIN]
 
     def agent_argv(self) -> list[str]:
@@ -236,8 +312,28 @@ def read_toml(exp_dir: Path) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name == "hooks" and isinstance(value, dict):
             continue  # lifecycle hook commands, read by mlsm.handlers.lifecycle
+        if name in TABLES and isinstance(value, dict):
+            out.update(_table(path, name, value))
+            continue
         if name not in OPTIONS_BY_NAME:
             raise ConfigError(f"{path}: unknown key {key!r} (known: {_known_keys()})")
+        out[name] = value
+    return out
+
+
+TABLES = ("slurm",)
+"""mlsm.toml tables whose keys are options with the table's prefix ([slurm] time → slurm_time)."""
+
+
+def _table(path: Path, table: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The options of one `[table]`, named with its prefix; an unknown key is an error."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{table}_{key.replace('-', '_')}"
+        if name not in OPTIONS_BY_NAME:
+            known = ", ".join(o.name[len(table) + 1:].replace("_", "-") for o in OPTIONS
+                              if o.name.startswith(f"{table}_"))
+            raise ConfigError(f"{path}: unknown key {key!r} in [{table}] (known: {known})")
         out[name] = value
     return out
 
@@ -268,4 +364,7 @@ def resolve(
             origin = f"{exp_dir}/mlsm.toml"
             values[opt.name] = parse_value(opt, file_values[opt.name], origin)
             sources[opt.name] = "file"
-    return Config(**values, sources=sources)
+    config = Config(**values, sources=sources)
+    config.train_argv()  # a bad command line or size is a start-up error, not a failed run
+    config.memory_bytes()
+    return config

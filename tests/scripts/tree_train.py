@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mlsm import hooks
 
-PIDS = Path(os.environ["MLSM_DIR"]) / "pids"
+PIDS = Path(os.environ.get("TEST_SHARED") or os.environ["MLSM_DIR"]) / "pids"
 PIDS.mkdir(exist_ok=True)
 RECORD = "import os, sys; open(sys.argv[1], 'w').write(str(os.getpid()))\n"
 SLEEP = RECORD + "import signal\nwhile True: signal.pause()\n"
