@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -11,14 +12,15 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import psutil
 
+from mlsm.handlers.environment import withheld
 from mlsm.handlers.fsevents import DiscoveryHandler, ExperimentHandler
 from mlsm.handlers.launchers import local
 from mlsm.hooks.layout import Layout
-from mlsm.machine.core.config import resolve
+from mlsm.machine.core.config import Config, resolve
 from mlsm.machine.core.errors import ExitCode, InputError, MlsmError
 from mlsm.machine.core.journal import make_logger
 from mlsm.machine.core.states import State
@@ -56,6 +58,15 @@ class OverflowHandler(logging.Handler):
             exp.wake()
 
 
+class Companion(Protocol):
+    """A helper that only reads the files, on its own threads (web UI, exporters, notifier);
+    the command line builds them from the settings (views are not the daemon's to import)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class Daemon:
     """Runs one engine per experiment and a shared observer until a signal (or the runs end)."""
 
@@ -75,6 +86,7 @@ class Daemon:
         limit = int(self.flags.get("max_parallel") or 0)
         self.slots = TrainingSlots(limit) if limit else None
         self.log: Any = None
+        self.companions: list[Companion] = []
 
     # ----- experiments -----------------------------------------------------------------
     def open(self) -> None:
@@ -90,6 +102,8 @@ class Daemon:
 
     def _open_experiment(self, d: Path) -> Experiment:
         config = resolve(d, self.flags)
+        if self.discover:
+            config = self._no_secrets_from_file(d, config)
         exp = Experiment(d, config, console=self.console, on_root_replaced=self._reschedule,
                          on_finished=self._wake.set, slots=self.slots)
         if config.agent == "command":
@@ -98,6 +112,19 @@ class Daemon:
         exp.open()
         self._known.add(d)
         return exp
+
+    def _no_secrets_from_file(self, d: Path, config: Config) -> Config:
+        """Under --discover anyone who can make a folder can write its mlsm.toml (a training
+        too): its `train-env` may not hand secrets on; flags and MLSM_TRAIN_ENV still can."""
+        if config.sources.get("train_env") != "file":
+            return config
+        refused = [n for n in config.train_env if withheld(n)]
+        if refused:
+            self.log.warning("train_env_refused", path=str(d), names=refused,
+                             detail="secrets named in a discovered experiment's mlsm.toml are "
+                                    "not passed; give them with --train-env instead")
+        return dataclasses.replace(
+            config, train_env=tuple(n for n in config.train_env if n not in refused))
 
     def _adopt(self, d: Path) -> None:
         """Discovery found an IDEA.md in `d`: make it an experiment (errors are logged)."""
@@ -197,6 +224,8 @@ class Daemon:
         local.become_subreaper()
         try:
             self._start_observer()
+            for companion in self.companions:  # before the engines: no event goes unseen
+                companion.start()
             for exp in self.experiments:
                 exp.start()
             if self.discover:
@@ -243,6 +272,8 @@ class Daemon:
             exp.shutdown(wait=False)
         for exp in started:
             exp.join()
+        for companion in self.companions:  # after the engines: they see the final state
+            companion.stop()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)

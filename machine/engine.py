@@ -159,10 +159,10 @@ class Experiment:
         self._root_ino: int | None = None
         self._thread: threading.Thread | None = None
         self._hook_threads: list[threading.Thread] = []
-        self.idle_problem: str | None = None
+        self.idle_problem: str | None = None  # why IDLE cannot start (an unusable IDEA.md)
         self._sandbox = False
         self._hooks: dict[str, list[list[str]]] = {}
-        self._report_before = False  # why IDLE cannot start (an unusable IDEA.md)
+        self._report_before = False  # REPORT.md existed when the current training started
         self._committer: ThreadPoolExecutor | None = None
         self._commits: dict[int, Future[str | None]] = {}
         self.log: Any = None
@@ -386,6 +386,8 @@ class Experiment:
     def _report_appeared(self, state: State) -> bool:
         if state == State.REPORTING and self.sup.current is not None:
             return False  # the report agent is writing it; its exit advances the machine
+        if state == State.TRAINING and not self._report_before:
+            return False  # the training may have written it: judged when it exits
         if state == State.FAILED and not self.layout.report.exists():
             return False
         return check_product("report", self.layout.report) is None
@@ -798,6 +800,7 @@ class Experiment:
         s = self.status
         s.training = None
         run_dir = self.layout.iteration_dir(s.iteration)
+        self._set_aside_forgeries(run_dir)
         if s.objective is None:
             self._settle_objective(rundir.read_result(run_dir))
         value, source = results.measure(run_dir, s.objective)
@@ -816,6 +819,21 @@ class Experiment:
         if self._committer is None:
             self._committer = ThreadPoolExecutor(1, thread_name_prefix="provenance")
         self._commits[iteration] = self._committer.submit(self._commit, iteration, run_dir)
+
+    def _set_aside_forgeries(self, run_dir: Path) -> None:
+        """Products only their own step may write: a decision or analysis in the run folder, or
+        a REPORT.md that appeared while the training ran, are moved aside and named."""
+        forged = [run_dir / rundir.DECISION, run_dir / rundir.ANALYSIS]
+        if self.layout.report.exists() and not self._report_before:
+            forged.append(self.layout.report)
+        for path in forged:
+            if path.exists() or path.is_symlink():
+                dest = run_dir / f"forged.{path.name}"
+                with contextlib.suppress(OSError):
+                    os.replace(path, dest)
+                    self.log.warning("product_set_aside", path=str(path), to=str(dest),
+                                     detail="written while the training ran; only the step "
+                                            "that owns it may write it")
 
     def _commit_of(self, iteration: int, run_dir: Path) -> str | None:
         """The iteration's commit id (committed now if the training started under a previous

@@ -88,6 +88,16 @@ def _tagged(pid: int, handle: Handle) -> bool:
     return all(tag in names for tag in _tags(handle))
 
 
+def is_stopped(pid: int) -> bool:
+    """Whether `pid` is stopped by a signal (state T) or traced (t)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return stat[stat.rindex(b")") + 2:][:1] in (b"T", b"t")
+    except (OSError, ValueError):
+        return False
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlsm.handlers.launchers import get_launcher, launcher_of
+from mlsm.handlers.launchers import get_launcher, launcher_of, local
 from mlsm.handlers.launchers.base import Handle
 from mlsm.handlers.training import final_exit
 from mlsm.hooks import rundir
@@ -56,6 +56,11 @@ def check(exp_dir: Path, now: float | None = None) -> list[Finding]:
     running = daemon_running(exp_dir)
     out = [Finding(d, "info", f"state {status.state}, iteration {status.iteration}, "
                               f"daemon {'running' if running else 'not running'}")]
+    frozen = _frozen_daemon(exp_dir) if running else None
+    if frozen:
+        out.append(Finding(d, "problem", f"the daemon (pid {frozen}) is frozen (stopped by a "
+                                         f"signal): STOP and budgets do nothing until it runs; "
+                                         f"resume it with `kill -CONT {frozen}`"))
     if not running and status.state in WORKING:
         out.append(Finding(d, "problem", f"no daemon is running, but the run is in "
                                          f"{status.state.upper()}: restart it with "
@@ -75,6 +80,15 @@ def check(exp_dir: Path, now: float | None = None) -> list[Finding]:
     if len(out) == 1:
         out.append(Finding(d, "ok", "healthy"))
     return out
+
+
+def _frozen_daemon(exp_dir: Path) -> int | None:
+    """The pid in the lock file when that process is stopped (SIGSTOP, a debugger)."""
+    try:
+        pid = int(Layout(exp_dir).lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if local.is_stopped(pid) else None
 
 
 def _check_strays(exp_dir: Path, status: Status, cfg: Config) -> list[Finding]:

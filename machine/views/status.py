@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import fcntl
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from mlsm.handlers.launchers import launcher_of
 from mlsm.hooks import rundir
-from mlsm.hooks.layout import Layout
+from mlsm.hooks.layout import IDEA, Layout
 from mlsm.machine.core.errors import ExitCode, InputError
 from mlsm.machine.core.status import Status, read_status
 from mlsm.machine.core.store import parse_iso
 
 
 def daemon_running(exp_dir: Path) -> bool:
-    """True when some process holds the experiment's lock (a daemon drives it)."""
+    """True when some process holds the experiment's lock (a daemon drives it).
+
+    The lock is opened read-only: a view creates nothing, and works without write access.
+    """
     try:
-        fh = Layout(exp_dir).lock.open("a+")
+        fh = Layout(exp_dir).lock.open("rb")
     except OSError:
         return False
     with fh:
@@ -29,6 +32,48 @@ def daemon_running(exp_dir: Path) -> bool:
             return True
         fcntl.flock(fh, fcntl.LOCK_UN)
         return False
+
+
+def _lock_holder(exp_dir: Path) -> int | None:
+    """The pid the daemon wrote into its lock file, if readable."""
+    text = rundir.read_tail(Layout(exp_dir).lock, 64).strip()
+    return int(text) if text.isdigit() else None
+
+
+def _present(path: Path) -> bool:
+    """Whether `path` exists; False when it cannot be told (a directory we may not search)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
+def _has_files(d: Path) -> bool:
+    return _present(Layout(d).idea) or _present(Layout(d).status)
+
+
+def is_experiment(d: Path) -> bool:
+    """Has IDEA.md or status.json, or a daemon holds it (waiting for IDEA.md)."""
+    return _has_files(d) or daemon_running(d)
+
+
+def experiments_under(root: Path) -> list[Path]:
+    """The subdirectories of a discovery root that are experiments (IDEA.md or status.json)."""
+    try:
+        subdirs = sorted(p for p in root.iterdir()
+                         if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+    return [d for d in subdirs if _has_files(d)]
+
+
+def expand(dirs: list[Path]) -> list[Path]:
+    """DIRS with each discovery root replaced by the experiments in it."""
+    out: list[Path] = []
+    for d in dirs:
+        found = [] if not d.is_dir() or is_experiment(d) else experiments_under(d)
+        out.extend(found or [d])
+    return out
 
 
 def _last_line(path: Path, limit: int = 8192) -> Any:
@@ -43,6 +88,8 @@ def _last_line(path: Path, limit: int = 8192) -> Any:
 def _proc(doc: Any) -> dict[str, Any] | None:
     if not isinstance(doc, dict):
         return None
+    from mlsm.handlers.launchers import launcher_of  # psutil only when a process is recorded
+
     return {"pid": doc.get("pid"), "alive": launcher_of(doc).alive(doc),
             "started_at": doc.get("started_at"), "role": doc.get("role"), "cmd": doc.get("cmd"),
             "launcher": doc.get("launcher") or "local"}
@@ -55,14 +102,23 @@ def snapshot(exp_dir: Path, now: float | None = None) -> dict[str, Any]:
         raise InputError(f"{exp_dir} is not a directory")
     layout = Layout(exp_dir)
     status = read_status(exp_dir)
-    if status is None:
-        if not layout.idea.exists():
-            raise InputError(f"{exp_dir} is not an mlsm experiment (no status.json, no IDEA.md)")
-        status = Status(max_iterations=0)
     running = daemon_running(exp_dir)
+    if status is None and not running and not _present(layout.idea):
+        raise InputError(f"{exp_dir} is not an mlsm experiment (no status.json, no IDEA.md)")
+    current = status or Status(max_iterations=0)
+    doc = _document(layout, current, running)
+    if status is None and running:  # watched before IDEA.md: the lock names the daemon
+        doc["daemon_pid"] = _lock_holder(exp_dir)
+    entered = None if status is None else parse_iso(status.entered_at)
+    doc["time_in_state_s"] = None if entered is None else round(now - entered, 1)
+    doc.update(_training_progress(layout, current, now, running))
+    return doc
+
+
+def _document(layout: Layout, status: Status, running: bool) -> dict[str, Any]:
     objective = status.objective
-    doc: dict[str, Any] = {
-        "dir": str(exp_dir.resolve()), "state": status.state,
+    return {
+        "dir": str(layout.root.resolve()), "state": status.state,
         "previous_state": status.previous_state, "iteration": status.iteration,
         "max_iterations": status.max_iterations or None, "best": status.best,
         "objective": objective.to_json() if objective else None,
@@ -70,12 +126,15 @@ def snapshot(exp_dir: Path, now: float | None = None) -> dict[str, Any]:
         "stop_reason": status.stop_reason, "error": status.error,
         "agent": _proc(status.agent), "training": _proc(status.training),
         "daemon_pid": status.daemon_pid, "daemon_running": running,
-        "stop_file": layout.stop.exists(), "waiting_for": status.waiting_for,
+        "stop_file": _present(layout.stop),
+        "waiting_for": IDEA if _waits_for_idea(layout, status, running) else status.waiting_for,
     }
-    entered = parse_iso(status.entered_at)
-    doc["time_in_state_s"] = None if entered is None else round(now - entered, 1)
-    doc.update(_training_progress(layout, status, now, running))
-    return doc
+
+
+def _waits_for_idea(layout: Layout, status: Status, running: bool) -> bool:
+    """A daemon idles here until a usable IDEA.md arrives (none yet, or it was refused)."""
+    return (running and status.state == "idle" and not status.waiting_for
+            and (status.error is not None or not _present(layout.idea)))
 
 
 def _training_progress(layout: Layout, status: Status, now: float,
@@ -111,13 +170,25 @@ def _progress_text(doc: dict[str, Any], width: int = 20) -> str:
     return f"step {step}/{total} [{bar}] {frac:.0%}{eta}"
 
 
+def _waiting_line(doc: dict[str, Any]) -> str:
+    """`DIR: IDLE, waiting for IDEA.md (daemon pid 42)`, and the refusal if there was one."""
+    pid = doc.get("daemon_pid")
+    text = f"{doc['dir']}: IDLE, waiting for {IDEA}" + (f" (daemon pid {pid})" if pid else "")
+    if doc.get("error"):
+        text += f"\n  error: {doc['error']}"
+    return text
+
+
 def _line(doc: dict[str, Any]) -> str:
+    if doc.get("state") == "idle" and doc.get("waiting_for") == IDEA:
+        return _waiting_line(doc)
     parts = [f"{doc['dir']}: {str(doc['state']).upper()}"]
     if not doc.get("daemon_running") and doc["state"] not in ("done", "failed", "idle"):
         parts.append("(daemon not running)")
     if doc.get("previous_state"):
         parts.append(f"(from {doc['previous_state']})")
-    parts.append(f"iteration {doc['iteration']}/{doc['max_iterations']}")
+    limit = doc.get("max_iterations")
+    parts.append(f"iteration {doc['iteration']}" + (f"/{limit}" if limit else ""))
     if doc.get("time_in_state_s") is not None:
         parts.append(f"for {doc['time_in_state_s']:.0f}s")
     for key in ("agent", "training"):
@@ -144,32 +215,70 @@ def _line(doc: dict[str, Any]) -> str:
 
 
 def show(dirs: list[Path], as_json: bool, follow: bool) -> ExitCode:
-    """Print status for each directory; non-zero when any is not a readable experiment."""
+    """Print status for each experiment; non-zero when any is not a readable experiment.
+
+    With `as_json`: one document, an object for one experiment DIR, else a list of objects.
+    """
     if follow:
         from mlsm.machine.views import live
 
         return live.follow(dirs)
+    targets = expand(dirs)
     code = ExitCode.OK
-    for d in dirs:
+    docs: list[dict[str, Any]] = []
+    for d in targets:
         try:
             doc = snapshot(d)
         except InputError as exc:
-            print(f"mlsm: error: {exc}")
+            print(f"mlsm: error: {exc}", file=sys.stderr)
             code = ExitCode.ERROR
             continue
-        print(json.dumps(doc, sort_keys=True) if as_json else _line(doc))
+        docs.append(doc)
+        if not as_json:
+            print(_line(doc))
+    if as_json and (docs or len(targets) > 1):
+        single = targets == dirs and len(dirs) == 1
+        print(json.dumps(docs[0] if single else docs, sort_keys=True))
     return code
 
 
-def logs(exp_dir: Path, follow: bool, iteration: int | None, which: str) -> ExitCode:
-    """Print (and with `follow`, keep printing) the runner log or an iteration's output."""
+def current_iteration(exp_dir: Path) -> int | None:
+    """The iteration status.json names, else the highest `logs/iter_NNN`; None before any."""
     layout = Layout(exp_dir)
-    path = layout.runner_log if iteration is None else \
-        layout.iteration_dir(iteration) / f"{which}.log"
+    try:
+        status = read_status(exp_dir)
+    except InputError:
+        status = None
+    if status is not None and status.iteration > 0:
+        return status.iteration
+    try:
+        names = [p.name for p in layout.logs.iterdir() if p.is_dir()]
+    except OSError:
+        return None
+    numbers = [int(n[5:]) for n in names if n.startswith("iter_") and n[5:].isdigit()]
+    return max(numbers, default=None)
+
+
+def _log_path(exp_dir: Path, iteration: int | None, which: str | None) -> Path:
+    layout = Layout(exp_dir)
+    if iteration is None and which is None:
+        return layout.runner_log
+    if iteration is None:
+        iteration = current_iteration(exp_dir)
+        if iteration is None:
+            raise InputError(f"{exp_dir} has no iteration yet: training has not run there "
+                             f"(see `mlsm logs {exp_dir}` for the runner log)")
+    return layout.iteration_dir(iteration) / f"{which or 'stdout'}.log"
+
+
+def logs(exp_dir: Path, follow: bool, iteration: int | None, which: str | None) -> ExitCode:
+    """Print (and with `follow`, keep printing) the runner log or an iteration's output.
+
+    `which` ("stdout"/"stderr") without `iteration` means the current iteration's file.
+    """
+    path = _log_path(exp_dir, iteration, which)
     if not path.is_file():
         raise InputError(f"{path} does not exist yet")
-    import sys
-
     with path.open("rb") as fh:
         while True:
             chunk = fh.read(65536)
