@@ -309,6 +309,9 @@ def context(sizes: Sizes, extra_env: dict[str, str] | None = None,
     """A temp root and a clean environment; every daemon and process under it is killed."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLSM_", "FAKE_"))}
+    # The daemon's own paths, as before the sandbox existed; tests/bench_sandbox.py measures
+    # what bubblewrap adds, side by side.
+    env["MLSM_SANDBOX"] = "none"
     ctx = Ctx(root, sizes, {**env, **(extra_env or {})})
     try:
         yield ctx
