@@ -30,9 +30,10 @@ def shim_argv(run_dir: Path, train_argv: list[str]) -> list[str]:
 
 
 def set_aside_attempt(run_dir: Path) -> Path | None:
-    """Move an interrupted attempt's files into attempt_K/ so a rerun overwrites nothing."""
+    """Move an interrupted attempt's files into attempt_K/ so a rerun overwrites nothing; an
+    attempt that never ran (a snapshot and empty logs) is simply overwritten."""
     present = [run_dir / n for n in rundir.ATTEMPT_FILES if (run_dir / n).exists()]
-    if not present:
+    if not any(_ran(p) for p in present):
         return None
     k = 1
     while (run_dir / f"attempt_{k}").exists():
@@ -42,6 +43,16 @@ def set_aside_attempt(run_dir: Path) -> Path | None:
     for path in present:
         path.rename(dest / path.name)
     return dest
+
+
+def _ran(path: Path) -> bool:
+    """Whether `path` shows that an attempt ran (output, a beat, an exit), not just began."""
+    if path.name == rundir.TRAIN:
+        return False
+    try:
+        return path.is_dir() or path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def final_exit(run_dir: Path, started: float | None, returncode: int | None,

@@ -63,6 +63,7 @@ _RUN_DIR: str | None = None
 _INTERVAL = 1.0
 _FLUSH_EVERY = 1.0
 _TB = False
+_BOOT_ID = ""  # this boot's id, written beside each heartbeat's CLOCK_BOOTTIME
 _COMPILED = False  # log() is the compiled Recorder's: _speedups built, MLSM_HOOKS_COMPILED != 0
 
 # Per-process state, renewed by _reset() at import and in every forked child.
@@ -262,8 +263,22 @@ def _beat(step: Any, expect: float | None) -> None:
         wait = "null" if expect is None else repr(expect)
         text = (f'{{"pid": {os.getpid()}, "seq": {_seq}, "step": {_int(_step)}, '
                 f'"total_steps": {_int(_total)}, "t": {time.time():.6f}, '
+                f'"boot_id": "{_BOOT_ID}", "boottime": {_boottime():.6f}, '
                 f'"expect_next_within": {wait}}}\n')
         _io.replace(_path(rundir.HEARTBEAT), text, durable=False)
+
+
+def _boottime() -> float:
+    """Seconds since boot (CLOCK_BOOTTIME): a wall-clock step cannot make a beat look stale."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def _read_boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
 
 
 def _check_expect(expect: Any) -> float:
@@ -470,7 +485,7 @@ def _is_shim() -> bool:
 
 def _configure() -> None:
     """Read the environment once: with MLSM_RUN_DIR every hook writes there, else none does."""
-    global _RUN_DIR, _INTERVAL, _FLUSH_EVERY, _TB, _COMPILED
+    global _RUN_DIR, _INTERVAL, _FLUSH_EVERY, _TB, _COMPILED, _BOOT_ID
     raw = os.environ.get("MLSM_RUN_DIR", "")
     # An agent step (MLSM_ROLE set) also has MLSM_RUN_DIR: a script it runs must not write
     # heartbeats, metrics or a result into the training's folder.
@@ -479,6 +494,7 @@ def _configure() -> None:
     _INTERVAL = _seconds("MLSM_HEARTBEAT_INTERVAL", 1.0)
     _FLUSH_EVERY = _seconds("MLSM_FLUSH_INTERVAL", 1.0)
     _TB = os.environ.get("MLSM_TENSORBOARD") == "1"
+    _BOOT_ID = _read_boot_id() if _RUN_DIR is not None else ""
     _COMPILED = _speedups is not None and os.environ.get("MLSM_HOOKS_COMPILED") != "0"
     _reset()
 

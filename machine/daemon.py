@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
@@ -270,8 +271,13 @@ class Daemon:
         started = [exp for exp in self.experiments if exp.started]
         for exp in started:  # every engine kills its children at once, in parallel
             exp.shutdown(wait=False)
-        for exp in started:
-            exp.join()
+        deadline = time.monotonic() + max((e.config.grace for e in started), default=0) + 15
+        for exp in started:  # a wedged engine must not keep SIGTERM from ending the daemon
+            exp.join(max(0.1, deadline - time.monotonic()))
+            if exp.alive():
+                print(f"mlsm: {exp.dir}: the engine did not stop in time; exiting anyway "
+                      f"(its training, if any, is left running for the next daemon)",
+                      file=sys.stderr)
         for companion in self.companions:  # after the engines: they see the final state
             companion.stop()
         if self._observer is not None:

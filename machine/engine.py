@@ -24,7 +24,7 @@ from mlsm.handlers.agent_step import AgentRun, prepare_step
 from mlsm.handlers.agents import get_backend
 from mlsm.handlers.agents.base import AgentBackend, AgentOutcome, Role, check_product, read_decision
 from mlsm.handlers.inputs import file_signature, read_text_file
-from mlsm.handlers.launchers import get_launcher, launcher_of, sandbox
+from mlsm.handlers.launchers import get_launcher, launcher_of, local, sandbox
 from mlsm.handlers.lifecycle import hook_commands, run_hooks
 from mlsm.handlers.prompting import instructions
 from mlsm.handlers.training import TrainingRun
@@ -53,6 +53,8 @@ from mlsm.machine.supervisor import Recorded, Supervisor
 RECONCILE_S = 30.0
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 DIRTY_RETRY_S = 2.0
+ENV_RETRIES = 10  # with the back-off below: about 6 minutes before FAILED
+ENV_BACKOFF_MAX_S = 60.0
 AGENT_ROLE: dict[State, Role] = {State.PLANNING: "plan", State.CODING: "code",
                                  State.ANALYZING: "analyze", State.REPORTING: "report"}
 
@@ -105,26 +107,62 @@ def _require_failed(exp_dir: Path, status: Status | None) -> None:
         raise InputError(f"{exp_dir} is not FAILED ({state}): only a failed run can be retried")
 
 
-def acquire_lock(exp_dir: Path) -> IO[str]:
-    """Hold `.mlsm/lock` for this process's life; LockedError names the pid that holds it."""
-    layout = Layout(exp_dir)
-    layout.private.mkdir(exist_ok=True)
-    fh = layout.lock.open("a+", encoding="utf-8")
+class DirLock:
+    """The experiment's single-daemon lock: a flock on the directory itself, which no unlink
+    can bypass, plus `.mlsm/lock` holding the pid for people and views to read."""
+
+    def __init__(self, exp_dir: Path) -> None:
+        self._dir_fd = os.open(exp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._fh: IO[str] | None = None
+        if not _flock_with_patience(self._dir_fd):
+            os.close(self._dir_fd)
+            raise LockedError(_locked_sentence(exp_dir))
+        layout = Layout(exp_dir)
+        try:
+            layout.private.mkdir(exist_ok=True)
+            self._fh = layout.lock.open("a+", encoding="utf-8")
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._fh.seek(0)
+            self._fh.truncate()
+            self._fh.write(f"{os.getpid()}\n")
+            self._fh.flush()
+        except OSError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+
+
+def _flock_with_patience(fd: int, tries: int = 5) -> bool:
+    """LOCK_EX, retried briefly: a view probing the lock holds it for microseconds."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if attempt + 1 < tries:
+                time.sleep(0.02)  # a probe's hold, not synchronisation with our own threads
+    return False
+
+
+def _locked_sentence(exp_dir: Path) -> str:
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder = Layout(exp_dir).lock.read_text(encoding="utf-8").strip() or "unknown"
     except OSError:
-        fh.seek(0)
-        holder = fh.read().strip() or "unknown"
-        fh.close()
-        raise LockedError(
-            f"another mlsm daemon (pid {holder}) is already running on {exp_dir}: "
-            f"stop it first, or use `mlsm status {exp_dir}`"
-        ) from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"{os.getpid()}\n")
-    fh.flush()
-    return fh
+        holder = "unknown"
+    return (f"another mlsm daemon (pid {holder}) is already running on {exp_dir}: "
+            f"stop it first, or use `mlsm status {exp_dir}`")
+
+
+def acquire_lock(exp_dir: Path) -> DirLock:
+    """Hold the experiment's lock for this process's life; LockedError names the holder."""
+    return DirLock(exp_dir)
 
 
 class Experiment:
@@ -133,6 +171,8 @@ class Experiment:
     def __init__(self, exp_dir: Path, config: Config, *, console: IO[str] | None = sys.stderr,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
+                 boottime: Callable[[], float] = lambda: time.clock_gettime(
+                     time.CLOCK_BOOTTIME),
                  backend: AgentBackend | None = None,
                  on_root_replaced: Callable[[Experiment], None] | None = None,
                  on_finished: Callable[[], None] | None = None,
@@ -140,7 +180,7 @@ class Experiment:
         self.dir = exp_dir.resolve()
         self.layout = Layout(self.dir)
         self.config = config
-        self.clock, self.wall = clock, wall
+        self.clock, self.wall, self.boottime = clock, wall, boottime
         self.queue: queue.Queue[Event] = queue.Queue()
         self.finished = threading.Event()
         self.status = Status(max_iterations=config.max_iterations)
@@ -155,11 +195,12 @@ class Experiment:
         self._retry_timer: threading.Timer | None = None
         self._retry_token = 0
         self._seen_problems: dict[str, Any] = {}
-        self._lock_fh: IO[str] | None = None
+        self._lock_fh: DirLock | None = None
         self._root_ino: int | None = None
         self._thread: threading.Thread | None = None
         self._hook_threads: list[threading.Thread] = []
         self.idle_problem: str | None = None  # why IDLE cannot start (an unusable IDEA.md)
+        self._env_failures = 0  # environment errors in a row (a full disk, permissions)
         self._sandbox = False
         self._hooks: dict[str, list[list[str]]] = {}
         self._report_before = False  # REPORT.md existed when the current training started
@@ -270,6 +311,10 @@ class Experiment:
             self._thread.join(timeout)
         self.sup.close(timeout)
 
+    def alive(self) -> bool:
+        """Whether the engine thread still runs (after a shutdown: it is wedged)."""
+        return self._thread is not None and self._thread.is_alive()
+
     @property
     def started(self) -> bool:
         return self._thread is not None
@@ -302,7 +347,9 @@ class Experiment:
             fn()
         except Exception as exc:  # the engine must outlive any one bad event
             self.log.exception("engine_error", error=repr(exc))
-            self.status.error = f"internal error ({exc!r}); see logs/runner.log"
+            self.status.error = f"internal error ({exc!r})"[:500] + "; see logs/runner.log"
+            with contextlib.suppress(Exception):
+                self._persist()
 
     def _handle(self, event: Event) -> None:
         if event.kind == ev.EXITED:
@@ -401,6 +448,8 @@ class Experiment:
         self.idle_problem = None
         self.status.error = None
         self.status.started_at = self.status.started_at or now_iso()
+        self.status.started_boot = self.status.started_boot or {
+            "boot_id": local.boot_id(), "t": self.boottime()}
         self.model.start()
 
     def _idle_because(self, sentence: str, problem: str | None) -> None:
@@ -463,6 +512,11 @@ class Experiment:
 
     # ----- budgets ---------------------------------------------------------------------
     def hours_spent(self) -> float:
+        """Hours since the run started: on the boot clock (wall-clock steps do not move it),
+        or, after a reboot, by the wall clock."""
+        boot = self.status.started_boot or {}
+        if boot.get("boot_id") == local.boot_id() and rundir.finite(boot.get("t")) is not None:
+            return max(0.0, (self.boottime() - float(boot["t"])) / 3600)
         started = parse_iso(self.status.started_at)
         return 0.0 if started is None else max(0.0, (self.wall() - started) / 3600)
 
@@ -646,6 +700,7 @@ class Experiment:
                 ok=False, reason=f"the {role} agent could not start: {exc.strerror or exc}"))
             return
         self.sup.adopt(run)
+        self._env_failures = 0
         self.status.agent = {**handle, "role": role, "transcript": str(step.transcript)}
         self._persist()
         self.log.info("agent_started", role=role, pid=handle.get("pid"), attempt=step.attempt,
@@ -695,13 +750,20 @@ class Experiment:
         self.model.fail()
 
     def _environment_error(self, what: str, exc: OSError) -> None:
-        """A full disk or the like: not the agent's fault; say so once and retry the action."""
-        sentence = (f"{what}: {exc.strerror or exc}; retrying every {DIRTY_RETRY_S:g} s "
-                    f"(free disk space or fix permissions in {self.dir})")
-        if self.status.error != sentence:
-            self.status.error = sentence
-            self.log.error("environment_error", detail=sentence)
-        self._schedule_retry(DIRTY_RETRY_S)
+        """A full disk or the like: not the agent's fault. Retry the action with a doubling
+        back-off (2 s up to a minute), ENV_RETRIES times, then FAILED with the reason."""
+        self._env_failures += 1
+        cause = f"{what}: {exc.strerror or exc}"
+        if self._env_failures > ENV_RETRIES:
+            self.status.error = (f"{cause}; gave up after {ENV_RETRIES} retries (free disk "
+                                 f"space or fix permissions in {self.dir}, then `mlsm retry`)")
+            self.model.fail()
+            return
+        delay = min(DIRTY_RETRY_S * 2 ** (self._env_failures - 1), ENV_BACKOFF_MAX_S)
+        self.status.error = (f"{cause}; retry {self._env_failures} of {ENV_RETRIES} in "
+                             f"{delay:g} s (free disk space or fix permissions in {self.dir})")
+        self.log.error("environment_error", detail=self.status.error)
+        self._schedule_retry(delay)
 
     def _schedule_retry(self, delay: float) -> None:
         self._retry_token += 1
@@ -771,6 +833,7 @@ class Experiment:
             self._schedule_retry(DIRTY_RETRY_S)
             return
         self.sup.adopt(run)
+        self._env_failures = 0
         if (self.status.error or "").startswith("cannot start training"):
             self.status.error = None
         run.release()

@@ -15,7 +15,7 @@ from helpers import Experiment, wait_for
 FILL = '''\
 import os
 from pathlib import Path
-with open("filler", "wb") as fh:
+with open(Path(os.environ["MLSM_RUN_DIR"]) / "filler", "wb") as fh:  # the one writable place
     try:
         while True:
             fh.write(b"x" * 65536)
@@ -67,7 +67,7 @@ def test_full_disk_keeps_last_good_state_and_recovers(exp: Experiment, small_fs:
     assert out.count("status_write_failed") <= out.count("status_write_recovered") + 1
     for _ in range(20):
         assert _valid_status(small_fs)  # never a truncated file
-    (small_fs / "filler").unlink()
+    (small_fs / "logs" / "iter_001" / "filler").unlink()
     exp.wait_state("done", timeout=60)
     assert "status_write_recovered" in exp.runner_log() or \
         "status_write_recovered" in daemon.output()

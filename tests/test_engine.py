@@ -68,7 +68,8 @@ class Driver:
         flags = {"grace": 1.0, "retry_backoff": 0.01, **flags}
         config = resolve(self.path, flags, environ={})
         self.exp = Experiment(self.path, config, console=None, backend=agent,
-                              wall=lambda: time.time() + self.wall_offset)
+                              wall=lambda: time.time() + self.wall_offset,
+                              boottime=lambda: time.monotonic() + self.wall_offset)
         self.exp.open()
         self.exp.start()
         return self.exp

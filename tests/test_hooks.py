@@ -135,7 +135,9 @@ def test_heartbeat_is_replaced_atomically_and_seq_counts(tmp_path: Path) -> None
     assert seen == sorted(seen)
     beat = json.loads((tmp_path / "heartbeat.json").read_text())
     assert beat["seq"] == 3000 and beat["step"] == 2999 and beat["pid"] == proc.pid
-    assert set(beat) == {"pid", "seq", "step", "total_steps", "t", "expect_next_within"}
+    assert set(beat) == {"pid", "seq", "step", "total_steps", "t", "boot_id", "boottime",
+                         "expect_next_within"}
+    assert beat["boottime"] > 0 and len(beat["boot_id"]) == 36
     assert [p.name for p in tmp_path.iterdir()] == ["heartbeat.json"]  # no temp file left
 
 

@@ -31,6 +31,7 @@ class Status:
     timestamp: str = dataclasses.field(default_factory=now_iso)
     complete: bool = False
     started_at: str | None = None
+    started_boot: dict[str, Any] | None = None  # {"boot_id", "t"}: CLOCK_BOOTTIME at start
     entered_at: str = dataclasses.field(default_factory=now_iso)
     max_iterations: int = 10
     objective: Objective | None = None
@@ -123,7 +124,8 @@ def _schema1_objective(doc: dict[str, Any]) -> Objective | None:
 _TYPES: dict[str, tuple[type, ...]] = {
     "seq": (int,), "max_iterations": (int,), "step_attempt": (int,), "cost_usd": (int, float),
     "complete": (bool,), "history": (list,), "training": (dict,), "agent": (dict,),
-    "objective": (dict,), "started_at": (str,), "entered_at": (str,), "stop_reason": (str,),
+    "objective": (dict,), "started_boot": (dict,), "started_at": (str,), "entered_at": (str,),
+    "stop_reason": (str,),
     "error": (str,), "waiting_for": (str,), "failed_state": (str,), "daemon_pid": (int,),
     "timestamp": (str,),
 }

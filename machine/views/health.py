@@ -70,8 +70,7 @@ def check(exp_dir: Path, now: float | None = None) -> list[Finding]:
         if isinstance(doc, dict):
             out.extend(_check_process(exp_dir, key, doc, cfg, now))
     out.extend(_check_strays(exp_dir, status, cfg))
-    started = parse_iso(status.started_at)
-    hours = (now - started) / 3600 if started else 0.0
+    hours = _since(status.started_boot, parse_iso(status.started_at), now) / 3600
     if status.state in WORKING and cfg.max_hours and hours >= cfg.max_hours:
         kill = next((k for k in ("training", "agent") if isinstance(getattr(status, k), dict)),
                     None)
@@ -80,6 +79,15 @@ def check(exp_dir: Path, now: float | None = None) -> list[Finding]:
     if len(out) == 1:
         out.append(Finding(d, "ok", "healthy"))
     return out
+
+
+def _since(boot: dict[str, Any] | None, wall: float | None, now: float) -> float:
+    """Seconds since a moment recorded on both clocks: the boot clock where it is the same
+    boot (a wall-clock step cannot fake staleness or a spent budget), else the wall clock."""
+    t = rundir.finite((boot or {}).get("t"))
+    if t is not None and (boot or {}).get("boot_id") == local.boot_id():
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - t)
+    return max(0.0, now - wall) if wall is not None else 0.0
 
 
 def _frozen_daemon(exp_dir: Path) -> int | None:
@@ -140,7 +148,7 @@ def _check_training(d: str, doc: Handle, run_dir: Path, cfg: Config, now: float,
     beat = rundir.read_heartbeat(run_dir) or {}
     t = rundir.finite(beat.get("t"))
     if t is not None:
-        quiet = now - t
+        quiet = _since({"boot_id": beat.get("boot_id"), "t": beat.get("boottime")}, t, now)
         limit = max(cfg.heartbeat_timeout, rundir.finite(beat.get("expect_next_within")) or 0)
         if quiet > limit:
             return Finding(d, "problem", f"training ({who}) is stale: no heartbeat for "

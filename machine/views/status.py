@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,19 +20,24 @@ from mlsm.machine.core.store import parse_iso
 def daemon_running(exp_dir: Path) -> bool:
     """True when some process holds the experiment's lock (a daemon drives it).
 
-    The lock is opened read-only: a view creates nothing, and works without write access.
+    The daemon flocks the directory itself (and `.mlsm/lock`, which holds its pid); a probe
+    opens both read-only, so a view creates nothing and works without write access.
     """
+    return any(_held(path) for path in (exp_dir, Layout(exp_dir).lock))
+
+
+def _held(path: Path) -> bool:
     try:
-        fh = Layout(exp_dir).lock.open("rb")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return False
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _lock_holder(exp_dir: Path) -> int | None:
