@@ -122,6 +122,7 @@ class TrainingRun(SupervisedRun):
         if now < self._next_usage or self.handle is None:
             return False
         self._next_usage = now + 1.0
+        self._cap_logs()
         procs, rss = self.launcher.usage(self.handle)
         memory = self.config.memory_bytes()
         if procs > self.config.max_procs:
@@ -133,6 +134,15 @@ class TrainingRun(SupervisedRun):
                                         f"{self.config.max_memory}")
             return True
         return False
+
+    def _cap_logs(self) -> None:
+        """Keep stdout.log and stderr.log under --max-log-mb: past it, only the tail stays."""
+        cap = int(self.config.max_log_mb * 2**20)
+        for name in (rundir.STDOUT, rundir.STDERR):
+            dropped = rundir.keep_tail(self.run_dir / name, cap, cap // 2)
+            if dropped:
+                self.log.warning("log_capped", iteration=self.iteration, file=name,
+                                 dropped_mb=round(dropped / 2**20, 1))
 
     def _limit(self, reason: str, detail: str) -> None:
         self.log.warning("training_killed", iteration=self.iteration, reason=reason,

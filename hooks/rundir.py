@@ -208,6 +208,26 @@ def last_printed(run_dir: Path, name: str) -> float | None:
     return finite(float(matches[-1])) if matches else None
 
 
+def keep_tail(path: Path, cap: int, keep: int) -> int:
+    """When `path` is over `cap` bytes, cut it to its last `keep` bytes behind a marker line;
+    returns how many bytes went. Writers append (O_APPEND), so they carry on at the new end."""
+    try:
+        size = path.stat().st_size
+        if size <= cap:
+            return 0
+        tail = read_tail(path, keep).encode()
+        os.truncate(path, 0)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            marker = f"[mlsm: {size - len(tail)} bytes dropped to keep this log small]\n"
+            os.write(fd, marker.encode() + tail)
+        finally:
+            os.close(fd)
+    except OSError:
+        return 0
+    return size - len(tail)
+
+
 def output_size(run_dir: Path) -> int:
     """Combined size of the training's stdout and stderr logs."""
     total = 0

@@ -291,3 +291,17 @@ def test_commit_per_iteration_and_diff(drv: Driver) -> None:
     assert "-hooks.result(loss=1.0 / (1 + 1)" in text and "+hooks.result(loss=1.0 / (2 + 1)" \
         in text
 
+
+
+def test_a_flooding_training_keeps_only_the_tail_of_its_log(drv: Driver) -> None:
+    # 4 MB over about 3 s: the once-a-second check sees the log past its 1 MB cap.
+    flood = ("import sys, time\nline = 'x' * 1023 + '\\n'\nfor i in range(4 * 1024):\n"
+             "    sys.stdout.write(line)\n    if i % 128 == 0:\n        time.sleep(0.1)\n"
+             "print('the end')\n")
+    _go(drv, flood)
+    drv.start(ScriptedAgent(FAKE_NO_PRODUCT_ROLE="code"), max_iterations=1, max_log_mb=1)
+    drv.finish()
+    assert drv.events("log_capped")
+    out = (drv.path / "logs" / "iter_001" / "stdout.log").read_bytes()
+    assert b"bytes dropped to keep this log small" in out and out.endswith(b"the end\n")
+    assert len(out) < 3 * 2**20

@@ -95,6 +95,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_procs", "int", 2048,
            "Processes one training may have at once (exit reason process_limit).", minimum=1),
     Option("max_open_files", "int", 4096, "Open files per training process.", minimum=16),
+    Option("max_log_mb", "float", 500.0,
+           "Size of a training's stdout.log or stderr.log past which only its tail is kept.",
+           minimum=1),
     Option("template", "str", None,
            "Built-in agent: the named template to run (charlm, classification, regression)."),
     Option("launcher", "choice", "local", "How training runs: local, or a Slurm batch job.",
@@ -168,6 +171,7 @@ class Config:
     max_memory: str | None = None
     max_procs: int = 2048
     max_open_files: int = 4096
+    max_log_mb: float = 500.0
     template: str | None = None
     launcher: str = "local"
     ui: int = 0
