@@ -11,6 +11,7 @@ TRAIN = "train.py"
 REPORT = "REPORT.md"
 STOP = "STOP"
 RETRY = "RETRY"
+RESTART = "RESTART"
 STATUS = "status.json"
 LEDGER = "results.tsv"
 TOML = "mlsm.toml"
@@ -18,7 +19,7 @@ NOTES = "NOTES.md"
 PRIVATE = ".mlsm"
 LOGS = "logs"
 
-WATCHED = frozenset({IDEA, PLAN, TRAIN, REPORT, STOP, RETRY, TOML})
+WATCHED = frozenset({IDEA, PLAN, TRAIN, REPORT, STOP, RETRY, RESTART, TOML})
 """Names in the root whose events wake an engine."""
 
 
@@ -59,6 +60,10 @@ class Layout:
     @property
     def retry(self) -> Path:
         return self._at(RETRY)
+
+    @property
+    def restart(self) -> Path:
+        return self._at(RESTART)
 
     @property
     def status(self) -> Path:

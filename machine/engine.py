@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import fcntl
 import functools
+import hashlib
 import os
 import queue
 import random
@@ -30,8 +31,8 @@ from mlsm.handlers.prompting import instructions
 from mlsm.handlers.training import TrainingRun
 from mlsm.hooks import rundir
 from mlsm.hooks.layout import Layout
+from mlsm.machine.core import archive, provenance, results
 from mlsm.machine.core import events as ev
-from mlsm.machine.core import provenance, results
 from mlsm.machine.core.config import Config
 from mlsm.machine.core.errors import ConfigError, InputError, LockedError
 from mlsm.machine.core.events import Event
@@ -97,6 +98,24 @@ def retry_failed(exp_dir: Path) -> str:
         status.seq += 1
         write_status(exp_dir, status)
         return target
+    finally:
+        lock.close()
+
+
+def restart(exp_dir: Path) -> str:
+    """Start over: archive this attempt now, or leave RESTART for a running daemon (which
+    consumes it); returns the archive folder, or "queued"."""
+    try:
+        lock = acquire_lock(exp_dir)
+    except LockedError:
+        Layout(exp_dir).restart.touch()
+        return "queued"
+    try:
+        try:
+            status = read_status(exp_dir)
+        except InputError:
+            status = None  # a corrupt status.json is archived as it is
+        return str(archive.archive_attempt(exp_dir, status.given if status else None))
     finally:
         lock.close()
 
@@ -377,10 +396,14 @@ class Experiment:
         if self._dirty:
             self._persist()
         state = self.state
+        if self.layout.restart.exists() or self.layout.restart.is_symlink():
+            self._consume_restart()
+            return
         if self.layout.retry.exists() or self.layout.retry.is_symlink():
             self._consume_retry(state)
             return
         if state == State.DONE:
+            self._notice_new_idea()
             return
         if self._report_appeared(state):
             self._kill_all("stopped", "REPORT.md appeared")
@@ -419,6 +442,21 @@ class Experiment:
             return True
         return stop_present
 
+    def _consume_restart(self) -> None:
+        """RESTART (or `mlsm restart` with a daemon running): archive this attempt, start over."""
+        with contextlib.suppress(OSError):
+            self.layout.restart.unlink()
+        self._kill_all("restart", "the run is starting over")
+        self._sink.close()  # logs/ moves into the archive; the journal reopens in a new one
+        dest = archive.archive_attempt(self.dir, self.status.given)
+        self.status = Status(max_iterations=self.config.max_iterations, daemon_pid=os.getpid())
+        assert self.machine is not None
+        self.machine.set_state(State.IDLE.value)
+        self._stopping = False
+        self.finished.clear()
+        self._persist()
+        self.log.warning("restarted", archive=str(dest))
+
     def _consume_retry(self, state: State) -> None:
         with contextlib.suppress(OSError):
             self.layout.retry.unlink()
@@ -429,6 +467,19 @@ class Experiment:
         self.log.info("retry_requested", to=self.status.failed_state or State.PLANNING.value)
         self.finished.clear()
         self.model.retry()
+
+    def _notice_new_idea(self) -> None:
+        """A changed IDEA.md under a finished run: say how to start over (status and log)."""
+        text, _ = read_text_file(self.layout.idea)
+        sha = hashlib.sha256(text.encode()).hexdigest() if text else None
+        if sha is None or self.status.idea_sha in (None, sha):
+            return
+        hint = (f"IDEA.md changed after this run ended; to start over with it: "
+                f"`mlsm restart {self.dir}`")
+        if self.status.waiting_for != hint:
+            self.status.waiting_for = hint
+            self.log.warning("idea_changed", hint=hint)
+            self._persist()
 
     def _report_appeared(self, state: State) -> bool:
         if state == State.REPORTING and self.sup.current is not None:
@@ -447,10 +498,24 @@ class Experiment:
             return
         self.idle_problem = None
         self.status.error = None
-        self.status.started_at = self.status.started_at or now_iso()
-        self.status.started_boot = self.status.started_boot or {
-            "boot_id": local.boot_id(), "t": self.boottime()}
+        if not self.status.history:
+            self._begin_attempt(text)
         self.model.start()
+
+    def _begin_attempt(self, idea: str) -> None:
+        """A new run: when it began (wall and boot clock), which products are the person's,
+        the idea it starts from; logs of an attempt whose status.json is gone are archived."""
+        s = self.status
+        s.started_at = s.started_at or now_iso()
+        s.started_boot = s.started_boot or {"boot_id": local.boot_id(), "t": self.boottime()}
+        s.given = [name for name in archive.PRODUCTS if (self.dir / name).is_file()]
+        s.idea_sha = hashlib.sha256(idea.encode()).hexdigest()
+        self._sink.close()  # its files may move with the stale logs; it reopens lazily
+        stale = archive.archive_stale_logs(self.dir)
+        if stale is not None:
+            self.log.warning("stale_logs_archived", to=str(stale),
+                             detail="logs/ of an earlier attempt whose status.json is gone; "
+                                    "none of it is read as this run's")
 
     def _idle_because(self, sentence: str, problem: str | None) -> None:
         """IDLE cannot start: log it once, show it in status.json, wake `mlsm run` to exit."""

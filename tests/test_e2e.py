@@ -263,3 +263,53 @@ def test_stop_touched_and_removed_at_once_is_not_lost(exp: Experiment) -> None:
     assert gone(pid)
     daemon.signal(signal.SIGTERM)
     daemon.wait()
+
+
+def test_start_over_archives_the_attempt_and_keeps_the_persons_files(exp: Experiment) -> None:
+    mine = "from mlsm import hooks\nhooks.result(loss=0.5)\n"
+    exp.write("train.py", mine)
+    exp.write("IDEA.md", "x")
+    assert exp.mlsm("run", "--max-iterations", "1").wait() == 0
+    assert (exp.path / "REPORT.md").exists()
+    again = exp.mlsm("run", "--max-iterations", "1")  # DONE stays DONE: nothing runs twice
+    assert again.wait() == 0 and exp.agent_calls().count("report 1") == 1
+    done = Mlsm(["restart", str(exp.path)], exp.path.parent, exp.env)
+    assert done.wait() == 0 and "previous attempt archived in" in done.output()
+    archived = next((exp.path / ".mlsm" / "archive").iterdir())
+    assert {p.name for p in archived.iterdir()} >= {"status.json", "logs", "REPORT.md",
+                                                    "results.tsv", "PLAN.md"}
+    assert (exp.path / "train.py").read_text() == mine  # the person's own file stays
+    assert (exp.path / "IDEA.md").exists() and not (exp.path / "status.json").exists()
+    assert exp.mlsm("run", "--max-iterations", "1").wait() == 0
+    assert exp.agent_calls().count("report 1") == 2  # a whole new run
+    assert exp.status()["history"][0]["iteration"] == 1
+
+
+def test_deleting_status_by_hand_never_reuses_old_logs(exp: Experiment) -> None:
+    exp.write("IDEA.md", "x")
+    assert exp.mlsm("run", "--max-iterations", "1", FAKE_DECISION="finish").wait() == 0
+    (exp.path / "status.json").unlink()
+    (exp.path / "REPORT.md").unlink()
+    run = exp.mlsm("run", "--max-iterations", "1", FAKE_DECISION="continue")
+    assert run.wait() == 0
+    assert "stale_logs_archived" in exp.runner_log()
+    decision = json.loads((exp.path / "logs" / "iter_001" / "decision.json").read_text())
+    assert decision["decision"] == "continue"  # this run's analysis, not the old one's
+
+
+def test_restart_with_a_daemon_running_and_a_changed_idea(exp: Experiment) -> None:
+    exp.write("IDEA.md", "first idea")
+    daemon = exp.mlsm("watch", "--max-iterations", "1")
+    exp.wait_state("done")
+    exp.write("IDEA.md", "second idea")
+    wait_for(lambda: "mlsm restart" in (exp.status().get("waiting_for") or ""), 10,
+             "status to say how to start over")
+    shown = Mlsm(["status", str(exp.path)], exp.path.parent, exp.env)
+    assert shown.wait() == 0 and "mlsm restart" in shown.output()
+    asked = Mlsm(["restart", str(exp.path)], exp.path.parent, exp.env)
+    assert asked.wait() == 0 and "RESTART written" in asked.output()
+    wait_for(lambda: exp.agent_calls().count("plan 0") == 2, 30, "a second plan")
+    exp.wait_state("done")
+    assert not (exp.path / "RESTART").exists()
+    daemon.signal(signal.SIGTERM)
+    daemon.wait()

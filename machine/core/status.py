@@ -32,6 +32,8 @@ class Status:
     complete: bool = False
     started_at: str | None = None
     started_boot: dict[str, Any] | None = None  # {"boot_id", "t"}: CLOCK_BOOTTIME at start
+    given: list[str] | None = None  # the person's own products (None: not known)
+    idea_sha: str | None = None  # IDEA.md as the run started from it
     entered_at: str = dataclasses.field(default_factory=now_iso)
     max_iterations: int = 10
     objective: Objective | None = None
@@ -127,7 +129,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "objective": (dict,), "started_boot": (dict,), "started_at": (str,), "entered_at": (str,),
     "stop_reason": (str,),
     "error": (str,), "waiting_for": (str,), "failed_state": (str,), "daemon_pid": (int,),
-    "timestamp": (str,),
+    "timestamp": (str,), "given": (list,), "idea_sha": (str,),
 }
 
 
