@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlsm.handlers import params
 from mlsm.handlers.environment import training_env
 from mlsm.handlers.launchers import sandbox
 from mlsm.handlers.launchers.base import Handle, Spec
@@ -47,8 +48,8 @@ def set_aside_attempt(run_dir: Path) -> Path | None:
 
 def _ran(path: Path) -> bool:
     """Whether `path` shows that an attempt ran (output, a beat, an exit), not just began."""
-    if path.name == rundir.TRAIN:
-        return False
+    if path.name in (rundir.TRAIN, rundir.SPACE, rundir.PARAMS_USED):
+        return False  # written before the launch
     try:
         return path.is_dir() or path.stat().st_size > 0
     except OSError:
@@ -100,6 +101,12 @@ class TrainingRun(SupervisedRun):
             env["MLSM_TENSORBOARD"] = "1"
         env.update(self._limits())
         argv = self.config.train_argv()
+        if self.config.params:  # a space from mlsm.toml: the values go on the command line
+            values = params.prepare(self.run_dir, self.config.params)
+            if self.config.params_style == "env":
+                env.update(params.as_env(values))
+            else:
+                argv += params.as_flags(values)
         inner = sandbox.wrap(argv, self.sandbox) if self.sandbox else argv
         self.launched = self.launcher.spawn(Spec(
             argv=shim_argv(self.run_dir, inner), cwd=self.layout.root, env=env,

@@ -21,6 +21,7 @@ from typing import IO, Any
 
 from transitions import Machine
 
+from mlsm.handlers import params
 from mlsm.handlers.agent_step import AgentRun, prepare_step
 from mlsm.handlers.agents import get_backend
 from mlsm.handlers.agents.base import AgentBackend, AgentOutcome, Role, check_product, read_decision
@@ -34,7 +35,7 @@ from mlsm.hooks.layout import Layout
 from mlsm.machine.core import archive, provenance, results
 from mlsm.machine.core import events as ev
 from mlsm.machine.core.config import Config
-from mlsm.machine.core.errors import ConfigError, InputError, LockedError
+from mlsm.machine.core.errors import ConfigError, InputError, LockedError, MlsmError
 from mlsm.machine.core.events import Event
 from mlsm.machine.core.journal import make_logger
 from mlsm.machine.core.results import Row
@@ -245,6 +246,8 @@ class Experiment:
         self.status.daemon_pid = os.getpid()
         self._write_config()
         self._sandbox = self._resolve_sandbox()
+        if self.config.params:
+            params.parse(self.config.params, str(self.layout.toml))  # a bad space: now
         self._hooks = hook_commands(self.dir)  # read once: training cannot plant new ones
         self.machine = Machine(
             model=self.model, states=self._state_defs(), transitions=TRANSITIONS,
@@ -890,6 +893,12 @@ class Experiment:
         except OSError as exc:
             self._environment_error("cannot start training", exc)
             return
+        except MlsmError as exc:  # e.g. the agent chose parameters outside [params]
+            self.log.error("training_not_started", iteration=self.status.iteration,
+                           error=str(exc))
+            self._training_finished({"returncode": None, "reason": "not_started",
+                                     "detail": str(exc)})
+            return
         self.status.training = {**handle, "run_dir": str(run.run_dir)}
         self._persist()
         if self._dirty:  # identity not on disk: never start what a restart could start twice
@@ -907,7 +916,7 @@ class Experiment:
                            names=run.withheld,
                            hint="secrets stay out of training; pass one with --train-env NAME")
         self.log.info("training_started", iteration=self.status.iteration,
-                      pid=handle.get("pid"), run_dir=str(run.run_dir))
+                      pid=handle.get("pid"), run_dir=str(run.run_dir), cmd=handle.get("cmd"))
         if run.sandbox is not None:
             self._log_once("sandbox", "on", "sandbox", detail=sandbox.describe(run.sandbox))
         self._report_before = self.layout.report.exists()

@@ -154,7 +154,8 @@ def test_without_status_the_objective_is_settled_as_the_daemon_would(exp: Path) 
 
 def test_patience_is_counted_by_results(exp: Path) -> None:
     write(exp / ".mlsm" / "config.json", {"patience": 2})
-    run(exp, 1, {"val_loss": 0.5})
+    write(run(exp, 1, {"val_loss": 0.5}) / "space.json",
+          {"lr": {"type": "loguniform", "low": 1e-4, "high": 0.1, "default": 1e-3}})
     run(exp, 2, {"val_loss": 0.4})
     run(exp, 3, {"val_loss": 0.1}, code=1)  # failed: not a new best, but an iteration waited
     run(exp, 4, {"val_loss": 0.45})

@@ -97,9 +97,15 @@ def _finish_reason(current: Run, runs: list[Run], target: Target, space: list[Pa
         ((row is None or row.outcome == "failed") and space is None,
          f"the run failed before declaring its parameters ({_why(current)}); the builtin "
          "agent only tunes parameters and cannot fix train.py: fix it and start again"),
+        (failures >= 2 and _same_crash(current, runs),
+         f"the same crash twice in a row ({_why(current)}): other parameters will not fix "
+         "train.py; fix it and start again"),
         (failures >= settings.max_failures,
          f"{failures} runs in a row failed (max-failures {settings.max_failures}); last: "
          f"{_why(current)}"),
+        (space is None and row is not None and row.outcome != "failed",
+         "train.py declares no search space (hooks.params, or [params] in mlsm.toml), so "
+         f"another run would only repeat this one: {summary}"),
         (space is not None and not tunable(space),
          f"train.py declares no tunable parameters, so there is nothing to search: {summary}"),
         (current.iteration >= budget,
@@ -113,6 +119,12 @@ def _finish_reason(current: Run, runs: list[Run], target: Target, space: list[Pa
 
 def _criteria(target: Target) -> str:
     return " and ".join(c.describe(target.name) for c in target.criteria)
+
+
+def _same_crash(current: Run, runs: list[Run]) -> bool:
+    """Whether the run before this one failed with the same error line."""
+    before = [r for r in runs if r.iteration == current.iteration - 1]
+    return bool(before and current.error_line and before[0].error_line == current.error_line)
 
 
 def _why(run: Run) -> str:

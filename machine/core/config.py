@@ -95,6 +95,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_procs", "int", 2048,
            "Processes one training may have at once (exit reason process_limit).", minimum=1),
     Option("max_open_files", "int", 4096, "Open files per training process.", minimum=16),
+    Option("params_style", "choice", "flags",
+           "How [params] values reach the script: --name value flags, or NAME variables.",
+           ("flags", "env")),
     Option("max_log_mb", "float", 500.0,
            "Size of a training's stdout.log or stderr.log past which only its tail is kept.",
            minimum=1),
@@ -172,6 +175,7 @@ class Config:
     max_procs: int = 2048
     max_open_files: int = 4096
     max_log_mb: float = 500.0
+    params_style: str = "flags"
     template: str | None = None
     launcher: str = "local"
     ui: int = 0
@@ -188,6 +192,7 @@ class Config:
     slurm_mem: str | None = None
     slurm_nodes: int = 1
     slurm_extra: str | None = None
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # mlsm.toml [params]
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     def memory_bytes(self) -> int | None:
@@ -316,6 +321,9 @@ def read_toml(exp_dir: Path) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name == "hooks" and isinstance(value, dict):
             continue  # lifecycle hook commands, read by mlsm.handlers.lifecycle
+        if name == "params" and isinstance(value, dict):
+            out["params"] = value  # a search space, read by mlsm.handlers.params
+            continue
         if name in TABLES and isinstance(value, dict):
             out.update(_table(path, name, value))
             continue
@@ -355,6 +363,7 @@ def resolve(
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     environ = os.environ if environ is None else environ
     file_values = read_toml(exp_dir) if exp_dir is not None else {}
+    space = file_values.pop("params", {})
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for opt in OPTIONS:
@@ -368,7 +377,7 @@ def resolve(
             origin = f"{exp_dir}/mlsm.toml"
             values[opt.name] = parse_value(opt, file_values[opt.name], origin)
             sources[opt.name] = "file"
-    config = Config(**values, sources=sources)
+    config = Config(**values, params=space, sources=sources)
     config.train_argv()  # a bad command line or size is a start-up error, not a failed run
     config.memory_bytes()
     return config
