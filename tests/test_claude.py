@@ -7,9 +7,11 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import string
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -575,3 +577,25 @@ def test_mlsm_run_fails_with_the_clis_message_when_overload_persists(
     assert status["state"] == "failed"
     assert "the plan step failed after 2 attempts" in status["error"]
     assert "verloaded" in status["error"]
+
+
+@pytest.mark.skipif(_daemon_cli_missing(), reason="mlsm.machine.cli does not exist yet")
+def test_an_unreachable_api_fails_fast_and_says_so(tmp_path: Path, claude_bin: str,
+                                                   claude_home: Path) -> None:
+    with socket.socket() as probe:  # a port nothing listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ANTHROPIC_", "CLAUDE", "MLSM_"))}
+    env.update(ANTHROPIC_BASE_URL=f"http://127.0.0.1:{port}", ANTHROPIC_API_KEY="sk-ant-fake",
+               CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", HOME=str(claude_home))
+    exp_dir = new_experiment(tmp_path)
+    started = time.monotonic()
+    rc = run_mlsm(exp_dir, claude_bin, env, "--retry-backoff", "2")
+    took = time.monotonic() - started
+    status = json.loads((exp_dir / "status.json").read_text())
+    assert rc == 1 and status["state"] == "failed", status
+    assert took < 120, f"{took:.0f} s to FAILED"  # the documented bound with the defaults
+    log = (exp_dir / "logs" / "runner.log").read_text()
+    assert log.count("agent_step_failed") == 3 and "retry_in_s=2.0" in log
+    assert "after 4 attempts" in status["error"]

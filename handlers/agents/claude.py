@@ -27,6 +27,7 @@ from mlsm.machine.core import store
 from mlsm.machine.core.config import Config
 from mlsm.machine.core.errors import AgentUnavailableError
 
+CLI_RETRIES = 2
 INSTALL_HINT = (
     "install it with `npm install -g @anthropic-ai/claude-code` (or point --claude-bin at it), "
     "or run with --agent builtin"
@@ -164,6 +165,9 @@ class ClaudeAgent:
         env = step_env(step, base)
         # An unattended run must not swap its own executable halfway through.
         env.setdefault("DISABLE_AUTOUPDATER", "1")
+        # The CLI's own 10 retries hide an outage for minutes; mlsm retries the step itself,
+        # with its back-off in runner.log and status.json (a person may still override).
+        env.setdefault("CLAUDE_CODE_MAX_RETRIES", str(CLI_RETRIES))
         return env
 
     def collect(self, step: AgentStep, returncode: int) -> AgentOutcome:
