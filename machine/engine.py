@@ -526,7 +526,7 @@ class Experiment:
             self._log_once("idea", file_signature(self.layout.idea), "idea_unusable",
                            problem=problem)
         else:
-            self._log_once("idea", None, "waiting_for_idea", path=str(self.layout.idea))
+            self._log_once("idea", None, "waiting_for_idea", "info", path=str(self.layout.idea))
         if self.idle_problem != sentence:
             self.idle_problem = sentence
             if problem and self.status.error != problem:
@@ -535,10 +535,11 @@ class Experiment:
             if self.on_finished:
                 self.on_finished()
 
-    def _log_once(self, key: str, signature: Any, event: str, **kw: Any) -> None:
+    def _log_once(self, key: str, signature: Any, event: str, level: str = "error",
+                  **kw: Any) -> None:
+        """Log `event` once per `signature` of `key` (a problem is not repeated every tick)."""
         if self._seen_problems.get(key, object()) != signature:
             self._seen_problems[key] = signature
-            level = "info" if event.startswith("waiting") else "error"
             getattr(self.log, level)(event, **kw)
 
     def _check_root(self) -> bool:
@@ -773,6 +774,8 @@ class Experiment:
         self._persist()
         self.log.info("agent_started", role=role, pid=handle.get("pid"), attempt=step.attempt,
                       transcript=str(step.transcript))
+        self._log_once(f"access-{role}", None, "agent_access", "info", role=role,
+                       access=self.backend().access(step))
         run.watch()
 
     def _halting(self) -> bool:
@@ -912,13 +915,13 @@ class Experiment:
             self.status.error = None
         run.release()
         if run.withheld:
-            self._log_once("withheld", tuple(run.withheld), "environment_withheld",
+            self._log_once("withheld", tuple(run.withheld), "environment_withheld", "info",
                            names=run.withheld,
                            hint="secrets stay out of training; pass one with --train-env NAME")
         self.log.info("training_started", iteration=self.status.iteration,
                       pid=handle.get("pid"), run_dir=str(run.run_dir), cmd=handle.get("cmd"))
         if run.sandbox is not None:
-            self._log_once("sandbox", "on", "sandbox", detail=sandbox.describe(run.sandbox))
+            self._log_once("sandbox", "on", "sandbox", "info", detail=sandbox.describe(run.sandbox))
         self._report_before = self.layout.report.exists()
         self._start_commit(self.status.iteration, run.run_dir)
 

@@ -76,6 +76,9 @@ class AgentBackend(Protocol):
     def collect(self, step: AgentStep, returncode: int) -> AgentOutcome:
         """Read the transcript after exit, write derived products, report the outcome."""
 
+    def access(self, step: AgentStep) -> str:
+        """What this step may write and run, in a few words, for the runner log."""
+
 
 def product_path(role: Role, exp_dir: Path, run_dir: Path) -> Path:
     """Where the product of `role` lives."""

@@ -46,7 +46,8 @@ ROLE_TOOLS: dict[Role, tuple[str, ...]] = {
 # the CLI's cwd; a bare `Write` would approve writing anywhere on the machine.
 FILE_RULES = ("Read(./**)", "Edit(./**)", "Write(./**)")
 # mlsm's own files, and REPORT.md outside the report step: its appearance ends the run.
-PROTECTED = ("./status.json", "./.mlsm/**", "./STOP")
+PROTECTED = ("./status.json", "./.mlsm/**", "./STOP", "./RETRY", "./RESTART", "./results.tsv",
+             "./logs/events.jsonl", "./logs/runner.log")
 SYNTAX_CHECK = ("Bash(python -m py_compile:*)", "Bash(python3 -m py_compile:*)")
 PIP_RULES = ("Bash(pip install:*)", "Bash(pip3 install:*)", "Bash(python -m pip install:*)")
 UV_RULES = ("Bash(uv pip install:*)",)
@@ -106,7 +107,8 @@ def allowed_tools(role: Role, config: Config) -> list[str]:
 
 def denied_tools(role: Role) -> list[str]:
     """Files no agent may touch; deny rules win over the allow rules above."""
-    paths = [*PROTECTED, *(() if role == "report" else ("./REPORT.md",))]
+    paths = [*PROTECTED, *(() if role == "report" else ("./REPORT.md",)),
+             *(() if role == "analyze" else ("./logs/**/decision.json",))]
     return [f"{tool}({path})" for path in paths for tool in ("Edit", "Write")]
 
 
@@ -169,6 +171,12 @@ class ClaudeAgent:
         # with its back-off in runner.log and status.json (a person may still override).
         env.setdefault("CLAUDE_CODE_MAX_RETRIES", str(CLI_RETRIES))
         return env
+
+    def access(self, step: AgentStep) -> str:
+        if step.config.dangerously_skip_permissions:
+            return "every tool, unrestricted (--dangerously-skip-permissions)"
+        return (f"tools {', '.join(ROLE_TOOLS[step.role])}; writes inside the experiment only, "
+                f"never {', '.join(p.removeprefix('./') for p in denied_tools(step.role)[::2])}")
 
     def collect(self, step: AgentStep, returncode: int) -> AgentOutcome:
         binary = find_binary(step.config) or step.config.claude_bin

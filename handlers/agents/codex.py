@@ -86,6 +86,9 @@ class CodexAgent:
 
     name = "codex"
 
+    def access(self, step: AgentStep) -> str:
+        return "codex sandbox workspace-write: writes in the experiment directory and /tmp"
+
     def preflight(self, config: Config) -> None:
         if find_binary(config) is None:
             raise AgentUnavailableError(f"Codex CLI {config.codex_bin!r} not found: {INSTALL_HINT}")

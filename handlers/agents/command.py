@@ -56,6 +56,9 @@ class CommandAgent:
     def argv(self, step: AgentStep) -> list[str]:
         return step.config.agent_argv()
 
+    def access(self, step: AgentStep) -> str:
+        return "unrestricted: a command agent runs as you (mlsm checks its product only)"
+
     def env(self, step: AgentStep, base: dict[str, str]) -> dict[str, str]:
         return step_env(step, base)
 
@@ -81,3 +84,6 @@ class BuiltinAgent(CommandAgent):
 
     def argv(self, step: AgentStep) -> list[str]:
         return [sys.executable, "-P", "-m", "mlsm.handlers.builtin"]
+
+    def access(self, step: AgentStep) -> str:
+        return "mlsm's own offline agent: writes its role's product and .mlsm/ study files"
