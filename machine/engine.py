@@ -264,17 +264,32 @@ class Experiment:
             return False
         problem = sandbox.preflight()
         if problem is None:
-            for text in self.config.sandbox_bind:
-                try:
-                    sandbox.Bind.parse(text)
-                except ValueError as exc:
-                    raise ConfigError(str(exc)) from None
+            binds = self._binds()
+            self._check_cuda(binds)
             return True
         if mode == "bwrap":
             raise ConfigError(f"--sandbox bwrap: {problem}")
         self.log.warning("sandbox_unavailable", detail=f"training runs without a sandbox: "
                                                        f"{problem}")
         return False
+
+    def _binds(self) -> tuple[sandbox.Bind, ...]:
+        try:
+            return tuple(map(sandbox.Bind.parse, self.config.sandbox_bind))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def _check_cuda(self, binds: tuple[sandbox.Bind, ...]) -> None:
+        """On a GPU machine: the sandbox must not hide CUDA from torch (checked once)."""
+        probe = self.layout.private / "sandbox-check"
+        probe.mkdir(parents=True, exist_ok=True)
+        python = self.config.train_argv()[0] if "python" in Path(
+            self.config.train_argv()[0]).name else sys.executable
+        problem = sandbox.cuda_mismatch(python, sandbox.Policy(
+            self.dir, probe, binds, self.config.allow_network, Path.home(),
+            os.environ.get("CUDA_VISIBLE_DEVICES")))
+        if problem:
+            raise ConfigError(problem)
 
     def backend(self) -> AgentBackend:
         if self._backend is None:

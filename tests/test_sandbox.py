@@ -406,3 +406,24 @@ def test_memory_past_the_limit_is_bounded(exp: Experiment, mode: str) -> None:
 
 def test_gone_helper_sanity() -> None:
     assert gone(2 ** 22 + 12345)
+
+
+def test_a_sandbox_that_hides_cuda_is_refused(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    if sandbox.preflight() is not None:
+        pytest.skip(f"no sandbox here: {sandbox.preflight()}")
+    exp, run = tmp_path / "exp", tmp_path / "exp" / "logs" / "iter_001"
+    run.mkdir(parents=True)
+    # A stand-in for `python -c "...cuda.is_available()"`: inside the pid namespace its pid is
+    # tiny, so it answers False there and True outside, like a sandbox missing a device node.
+    fake = exp / "python"
+    fake.write_text('#!/bin/sh\nif [ $$ -lt 100 ]; then echo False; else echo True; fi\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(sandbox, "gpu_devices", lambda visible: ["/dev/null"])
+    policy = sandbox.Policy(exp, run, home=tmp_path / "home")
+    said = sandbox.cuda_mismatch(str(fake), policy)
+    assert said is not None and "is True outside the sandbox but False inside" in said
+    fake.write_text("#!/bin/sh\necho True\n")
+    assert sandbox.cuda_mismatch(str(fake), policy) is None
+    monkeypatch.setattr(sandbox, "gpu_devices", lambda visible: [])
+    assert sandbox.cuda_mismatch("/nonexistent/python", policy) is None  # no GPU: no check

@@ -130,6 +130,28 @@ def wrap(argv: list[str], policy: Policy, bwrap: str = "bwrap") -> list[str]:
     return args
 
 
+CUDA_PROBE = "import torch; print(torch.cuda.is_available())"
+
+
+def cuda_mismatch(python: str, policy: Policy, timeout: float = 120) -> str | None:
+    """Where GPUs exist: None when torch sees CUDA the same inside the sandbox as outside,
+    else the sentence to refuse with (never a silent fall-back to the CPU)."""
+    if not gpu_devices(policy.devices):
+        return None
+    answers = []
+    for argv in ([python, "-c", CUDA_PROBE], wrap([python, "-c", CUDA_PROBE], policy)):
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"could not ask torch whether CUDA works ({exc})"
+        answers.append(done.stdout.strip() or f"error: {done.stderr.strip()[-200:]}")
+    if answers[0] == answers[1]:
+        return None
+    return (f"torch.cuda.is_available() is {answers[0]} outside the sandbox but {answers[1]} "
+            f"inside it: check the /dev/nvidia* devices and driver paths, or run with "
+            f"--sandbox none")
+
+
 def describe(policy: Policy) -> str:
     """One line for the runner log: what this sandbox allows."""
     extra = ", ".join(f"{b.path}{'' if b.writable else ' (read-only)'}" for b in policy.binds)
