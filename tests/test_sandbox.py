@@ -427,3 +427,15 @@ def test_a_sandbox_that_hides_cuda_is_refused(tmp_path: Path,
     assert sandbox.cuda_mismatch(str(fake), policy) is None
     monkeypatch.setattr(sandbox, "gpu_devices", lambda visible: [])
     assert sandbox.cuda_mismatch("/nonexistent/python", policy) is None  # no GPU: no check
+
+
+def test_an_interpreter_under_tmp_or_home_stays_visible(tmp_path: Path) -> None:
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    python = venv / "python"
+    python.symlink_to(sys.executable)
+    policy = sandbox.Policy(tmp_path / "exp", tmp_path / "exp" / "run", home=Path.home())
+    args = sandbox.wrap([str(python), "train.py"], policy)
+    masked = args.index("/tmp", args.index("--tmpfs"))
+    kept = [args[i + 1] for i, a in enumerate(args) if a == "--ro-bind-try"]
+    assert str(tmp_path / "venv") in kept and args.index(str(tmp_path / "venv")) > masked

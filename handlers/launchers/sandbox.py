@@ -83,6 +83,7 @@ def _interpreter_paths(argv0: str) -> list[Path]:
         found.add(Path(exe).parent.parent)
         found.add(Path(os.path.realpath(exe)).parent.parent)
     found.update(Path(p) for p in sys.path if p and os.path.isdir(p))
+    found.add(Path(__file__).resolve().parents[2])  # mlsm's own code (hooks), if installed there
     return sorted(found)
 
 
@@ -99,13 +100,19 @@ def _under(path: Path, parent: Path) -> bool:
     return path == parent or parent in path.parents
 
 
-def _home_args(policy: Policy, keep: Iterable[Path]) -> list[str]:
-    """An empty, private $HOME, with the interpreter's own folders (if under it) read-only."""
-    if policy.home is None or not policy.home.is_dir() or policy.home == Path("/"):
-        return []
-    args = ["--tmpfs", str(policy.home)]
+def _masked(policy: Policy) -> list[Path]:
+    """Folders replaced by an empty private tmpfs: /tmp, and $HOME."""
+    home = policy.home
+    return [Path("/tmp"), *([home] if home and home.is_dir() and home != Path("/") else [])]
+
+
+def _private_args(policy: Policy, keep: Iterable[Path]) -> list[str]:
+    """Private, empty /tmp and $HOME; the interpreter's and mlsm's own folders inside them
+    stay visible, read-only (a venv under /tmp or ~ must still run)."""
+    masks = _masked(policy)
+    args = [arg for mask in masks for arg in ("--tmpfs", str(mask))]
     for path in keep:
-        if _under(path, policy.home) and path != policy.home:
+        if any(_under(path, mask) and path != mask for mask in masks):
             args += ["--ro-bind-try", str(path), str(path)]
     return args
 
@@ -119,8 +126,8 @@ def wrap(argv: list[str], policy: Policy, bwrap: str = "bwrap") -> list[str]:
     args += ["--ro-bind", "/", "/", "--dev", "/dev"]
     for node in gpu_devices(policy.devices):
         args += ["--dev-bind", node, node]
-    args += ["--proc", "/proc", "--tmpfs", "/tmp"]
-    args += _home_args(policy, _interpreter_paths(argv[0]))
+    args += ["--proc", "/proc"]
+    args += _private_args(policy, _interpreter_paths(argv[0]))
     args += ["--ro-bind", str(policy.exp_dir), str(policy.exp_dir),
              "--bind", str(policy.run_dir), str(policy.run_dir)]
     for bind in policy.binds:
