@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from mlsm.hooks.rundir import finite
+from mlsm.hooks.rundir import finite, whole
+
+MAX_RANKS = 1 << 16  # a `world` beyond this in a heartbeat is not believed
 
 NO_BEATS_HINT = (
     "training has not written a heartbeat; falling back to log growth. Add "
@@ -28,8 +30,18 @@ class Verdict:
 
 
 @dataclasses.dataclass
+class Beat:
+    """One rank's last `seq`, when it changed (daemon clock), and its `expect_next_within`."""
+
+    seq: Any
+    at: float
+    expect: float | None
+
+
+@dataclasses.dataclass
 class HeartbeatWatch:
-    """Tracks the last change of the heartbeat `seq` and of log sizes; decides staleness."""
+    """Tracks the last change of every rank's heartbeat `seq` and of log sizes; decides
+    staleness. A rank the beats' `world` names but that never beat counts from the start."""
 
     heartbeat_timeout: float
     startup_grace: float
@@ -37,23 +49,25 @@ class HeartbeatWatch:
     run_timeout: float
     clock: Callable[[], float]
     started: float = dataclasses.field(init=False)
-    last_seq: Any = None
-    last_beat: float = dataclasses.field(init=False)
-    expect_next_within: float | None = None
+    beats: dict[int, Beat] = dataclasses.field(default_factory=dict)  # by rank
+    world: int = 1
     last_size: int = -1
     last_growth: float = dataclasses.field(init=False)
     warned: bool = False
 
     def __post_init__(self) -> None:
-        self.started = self.last_beat = self.last_growth = self.clock()
+        self.started = self.last_growth = self.clock()
 
     def observe(self, beat: dict[str, Any] | None, output_size: int) -> Verdict | None:
         """Feed the latest heartbeat document and log size; a Verdict when action is due."""
+        return self.observe_ranks({} if beat is None else {0: beat}, output_size)
+
+    def observe_ranks(self, beats: Mapping[int, dict[str, Any]],
+                      output_size: int) -> Verdict | None:
+        """Feed every rank's latest heartbeat and the log size; a Verdict when action is due."""
         now = self.clock()
-        if beat is not None and beat.get("seq") != self.last_seq:
-            self.last_seq = beat.get("seq")
-            self.last_beat = now
-            self.expect_next_within = finite(beat.get("expect_next_within"))
+        for rank, beat in beats.items():
+            self._seen(rank, beat, now)
         if output_size != self.last_size:
             if self.last_size >= 0:  # the first reading is a baseline, not growth
                 self.last_growth = now
@@ -61,14 +75,37 @@ class HeartbeatWatch:
         if self.run_timeout and now - self.started > self.run_timeout:
             return Verdict("run_timeout", now - self.started,
                            f"training ran longer than --run-timeout {self.run_timeout:g}s")
-        if self.last_seq is None:
+        if not self.beats:
             return self._without_beats(now)
-        limit = max(self.heartbeat_timeout, self.expect_next_within or 0.0)
-        quiet = now - self.last_beat
-        if quiet > limit:
-            return Verdict("stale_heartbeat", quiet,
-                           f"no heartbeat for {quiet:.1f}s (limit {limit:g}s)")
-        return None
+        return self._stale(now)
+
+    def _seen(self, rank: int, beat: dict[str, Any], now: float) -> None:
+        world = whole(beat.get("world"))
+        if world is not None and 1 < world <= MAX_RANKS:
+            self.world = max(self.world, world)
+        last = self.beats.get(rank)
+        if last is None or beat.get("seq") != last.seq:
+            self.beats[rank] = Beat(beat.get("seq"), now, finite(beat.get("expect_next_within")))
+
+    def _stale(self, now: float) -> Verdict | None:
+        """The rank that went silent first, once any rank is past its limit."""
+        due: list[tuple[float, int, float]] = []  # (when its limit ran out, rank, limit)
+        for rank in set(range(self.world)) | set(self.beats):
+            beat = self.beats.get(rank)
+            if beat is None:  # named by the world, never beat: judged from the start
+                limit, since = max(self.heartbeat_timeout, self.startup_grace), self.started
+            else:
+                limit, since = max(self.heartbeat_timeout, beat.expect or 0.0), beat.at
+            if now - since > limit:
+                due.append((since + limit, rank, limit))
+        if not due:
+            return None
+        _, rank, limit = min(due)
+        since = self.beats[rank].at if rank in self.beats else self.started
+        quiet = now - since
+        who = f"rank {rank} went silent first: " if len(self.beats) > 1 or self.world > 1 else ""
+        return Verdict("stale_heartbeat", quiet,
+                       f"{who}no heartbeat for {quiet:.1f}s (limit {limit:g}s)")
 
     def _without_beats(self, now: float) -> Verdict | None:
         if now - self.started <= self.startup_grace:

@@ -34,6 +34,7 @@ def set_aside_attempt(run_dir: Path) -> Path | None:
     """Move an interrupted attempt's files into attempt_K/ so a rerun overwrites nothing; an
     attempt that never ran (a snapshot and empty logs) is simply overwritten."""
     present = [run_dir / n for n in rundir.ATTEMPT_FILES if (run_dir / n).exists()]
+    present += rundir.rank_files(run_dir)  # under torchrun: every rank's beat and logs
     if not any(_ran(p) for p in present):
         return None
     k = 1
@@ -84,12 +85,15 @@ class TrainingRun(SupervisedRun):
         self.started_wall: float | None = None
         self.withheld: list[str] = []
         self.sandbox: sandbox.Policy | None = None  # set by the engine when the sandbox is on
-        self._next_usage = 0.0
+        self.devices: str | None = None  # the GPU group the pool handed this run
+        self.resumed = False  # an interrupted attempt of this iteration ran before this one
+        self._next_usage = self.clock() + 1.0  # limits are checked from the first second on
 
     def spawn(self) -> Handle:
         """Prepare the run folder and start the shim; it waits for `release` before training."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         moved = set_aside_attempt(self.run_dir)
+        self.resumed = moved is not None
         if moved:
             self.log.info("attempt_set_aside", iteration=self.iteration, to=str(moved))
         if self.layout.train.is_file():
@@ -99,6 +103,10 @@ class TrainingRun(SupervisedRun):
                    MLSM_ITERATION=str(self.iteration))
         if self.config.tensorboard:
             env["MLSM_TENSORBOARD"] = "1"
+        if self.resumed:
+            env["MLSM_RESUMED"] = "1"  # hooks.resumed(): load from hooks.checkpoint_dir()
+        if self.devices is not None:  # NVML's numbering, which CUDA follows in PCI order
+            env.update(CUDA_VISIBLE_DEVICES=self.devices, CUDA_DEVICE_ORDER="PCI_BUS_ID")
         env.update(self._limits())
         argv = self.config.train_argv()
         if self.config.params:  # a space from mlsm.toml: the values go on the command line
@@ -111,7 +119,8 @@ class TrainingRun(SupervisedRun):
         self.launched = self.launcher.spawn(Spec(
             argv=shim_argv(self.run_dir, inner), cwd=self.layout.root, env=env,
             stdout=self.run_dir / rundir.STDOUT, stderr=self.run_dir / rundir.STDERR,
-            handshake=True, record_cmd=argv, experiment=self.layout.root, config=self.config))
+            handshake=True, record_cmd=argv, experiment=self.layout.root, config=self.config,
+            devices=self.devices))
         self.started_wall = time.time()
         return self.launched.handle
 
@@ -186,8 +195,8 @@ class TrainingRun(SupervisedRun):
                 break
             if watch is None:
                 continue
-            verdict = watch.observe(rundir.read_heartbeat(self.run_dir),
-                                    rundir.output_size(self.run_dir))
+            verdict = watch.observe_ranks(rundir.read_heartbeats(self.run_dir),
+                                          rundir.output_size(self.run_dir))
             if self._check_usage():
                 break
             if verdict is not None and not verdict.kill:
@@ -209,6 +218,7 @@ class TrainingRun(SupervisedRun):
         record = final_exit(self.run_dir, self.started_wall, self.launched.returncode,
                             self.run_id)
         record["leftovers"] = self.cleanup()
+        self._cap_logs()  # a burst in the last second before the exit is trimmed too
         if record.get("pid") == self.launched.handle.get("pid") and not record["leftovers"]:
             return record  # the shim's own exit.json already says all there is
         if not rundir.write_exit(self.run_dir, record):

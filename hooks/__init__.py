@@ -33,6 +33,7 @@ except ImportError:  # built where no C compiler was found
 TYPE_CHECKING = False  # typing costs milliseconds at import; only the type checker needs it
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
     from types import FrameType, ModuleType
     from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "Params",
     "ParamsError",
     "Space",
+    "checkpoint_dir",
     "choice",
     "enabled",
     "flush",
@@ -50,7 +52,10 @@ __all__ = [
     "log",
     "loguniform",
     "params",
+    "rank",
     "result",
+    "resumed",
+    "stop_requested",
     "uniform",
 ]
 
@@ -65,6 +70,12 @@ _FLUSH_EVERY = 1.0
 _TB = False
 _BOOT_ID = ""  # this boot's id, written beside each heartbeat's CLOCK_BOOTTIME
 _COMPILED = False  # log() is the compiled Recorder's: _speedups built, MLSM_HOOKS_COMPILED != 0
+_RANK = 0  # $RANK under torchrun (or srun): only rank 0 writes metrics, params and the result
+_WORLD: int | None = None  # $WORLD_SIZE when a launcher set it: the beats then name their rank
+_RESUMED = False  # MLSM_RESUMED=1: this start continues an interrupted one of its iteration
+_ckpt: str | None = None  # checkpoint_dir(), made on first use
+_stop = False  # SIGTERM arrived while the training polls stop_requested()
+_polled = False  # the training polls stop_requested(): SIGTERM sets _stop instead of killing
 
 # Per-process state, renewed by _reset() at import and in every forked child.
 _on = False
@@ -105,6 +116,53 @@ class _Coerced(dict["str", "Any"]):
 def enabled() -> bool:
     """Whether this process runs under mlsm (MLSM_RUN_DIR is set); else every hook does nothing."""
     return _RUN_DIR is not None
+
+
+def rank() -> int:
+    """This process's rank ($RANK, set by torchrun or srun; 0 for a single process)."""
+    return _RANK
+
+
+def checkpoint_dir() -> Path:
+    """This iteration's checkpoint folder ($MLSM_RUN_DIR/checkpoints), kept across STOP and
+    resume, a crash and a relaunch; save there, and load from it when `resumed()`.
+
+    Outside mlsm (or in a script an agent runs): a temporary folder, removed at exit, so a
+    run by hand never resumes and leaves nothing behind.
+    """
+    global _ckpt
+    from pathlib import Path
+
+    if _ckpt is None:
+        if _RUN_DIR is None:
+            import shutil
+            import tempfile
+
+            _ckpt = tempfile.mkdtemp(prefix="mlsm-checkpoints-")
+            atexit.register(shutil.rmtree, _ckpt, True)
+        else:
+            _ckpt = os.path.join(_RUN_DIR, rundir.CHECKPOINTS)
+            os.makedirs(_ckpt, exist_ok=True)
+    return Path(_ckpt)
+
+
+def resumed() -> bool:
+    """Whether this start continues an interrupted start of the same iteration (STOP and
+    resume, a crash, a preemption, a retry): then load the checkpoint, if one was saved."""
+    return _RESUMED
+
+
+def stop_requested() -> bool:
+    """Whether mlsm asked the training to stop (SIGTERM: STOP, --run-timeout, shutdown, a
+    preemption); it has --grace seconds to save a checkpoint and exit before SIGKILL.
+
+    Once a training calls this, a SIGTERM flushes and sets the flag instead of ending the
+    process, so a loop that checks it every step saves first (more SIGTERMs, say from
+    torchrun's agent passing the stop on, change nothing; SIGKILL follows after --grace).
+    """
+    global _polled
+    _polled = True
+    return _stop
 
 
 def heartbeat(step: int | None = None, *, expect_next_within: float | None = None) -> None:
@@ -148,6 +206,15 @@ def log(step: int | None = None, *, total_steps: int | None = None, **metrics: f
 
 
 _log_py = log  # _reset() rebinds `log` to the compiled one where it can; this one stays
+
+
+def _log_rank(step: int | None = None, *, total_steps: int | None = None,
+              **metrics: float) -> None:
+    """log() on a rank other than 0: rank 0 writes the metrics, this rank only beats."""
+    if total_steps is not None and total_steps != _total:
+        _remember_total(total_steps)
+    if _on and _monotonic() >= _next_beat:
+        _beat(step, None)
 
 
 def _tick(step: Any, now: float) -> None:
@@ -212,7 +279,7 @@ def params(**defaults: Any) -> Params:
     if _RUN_DIR is None:
         return Params({key: space.default for key, space in spaces.items()})
     values = merge(spaces, _read_overrides())
-    if _on:
+    if _on and not _RANK:
         _write_json(rundir.SPACE, describe_all(spaces))
         _write_json(rundir.PARAMS_USED, values)
     return Params(values)
@@ -223,7 +290,7 @@ def result(goal: str = "minimize", objective: str | None = None, **metrics: floa
     `goal` ("minimize" or "maximize"). Also flushes metrics and prints one `mlsm-result:` line.
     """
     name = _check_result(goal, objective, metrics)
-    if not _on:
+    if not _on or _RANK:
         return
     flush()
     values = {key: _plain(value) for key, value in metrics.items()}
@@ -261,11 +328,12 @@ def _beat(step: Any, expect: float | None) -> None:
         if step is not None:
             _step = step
         wait = "null" if expect is None else repr(expect)
+        ranked = "" if _WORLD is None else f', "rank": {_RANK}, "world": {_WORLD}'
         text = (f'{{"pid": {os.getpid()}, "seq": {_seq}, "step": {_int(_step)}, '
                 f'"total_steps": {_int(_total)}, "t": {time.time():.6f}, '
                 f'"boot_id": "{_BOOT_ID}", "boottime": {_boottime():.6f}, '
-                f'"expect_next_within": {wait}}}\n')
-        _io.replace(_path(rundir.HEARTBEAT), text, durable=False)
+                f'"expect_next_within": {wait}{ranked}}}\n')
+        _io.replace(_path(rundir.heartbeat_name(_RANK)), text, durable=False)
 
 
 def _boottime() -> float:
@@ -478,14 +546,26 @@ def _seconds(name: str, default: float) -> float:
 
 
 def _is_shim() -> bool:
-    """True in `python -m mlsm.hooks.shim`: it imports this package but is not the training."""
+    """True in `python -m mlsm.hooks.shim` (or `.ranklogs`, torchrun's per-rank wrapper): it
+    imports this package but is not the training."""
     argv = getattr(sys, "orig_argv", [])
-    return "-m" in argv and argv[argv.index("-m") + 1 :][:1] == ["mlsm.hooks.shim"]
+    module = argv[argv.index("-m") + 1 :][:1] if "-m" in argv else []
+    return module in (["mlsm.hooks.shim"], ["mlsm.hooks.ranklogs"])
+
+
+def _whole(name: str) -> int | None:
+    """A whole number >= 0 from the environment; absent or bad (told once) is None."""
+    raw = os.environ.get(name, "").strip()
+    if raw.isdigit():
+        return int(raw)
+    if raw:
+        _io.say_once(name, f"ignoring {name}={raw!r} (not a whole number >= 0)")
+    return None
 
 
 def _configure() -> None:
     """Read the environment once: with MLSM_RUN_DIR every hook writes there, else none does."""
-    global _RUN_DIR, _INTERVAL, _FLUSH_EVERY, _TB, _COMPILED, _BOOT_ID
+    global _RUN_DIR, _INTERVAL, _FLUSH_EVERY, _TB, _COMPILED, _BOOT_ID, _RANK, _WORLD, _RESUMED
     raw = os.environ.get("MLSM_RUN_DIR", "")
     # An agent step (MLSM_ROLE set) also has MLSM_RUN_DIR: a script it runs must not write
     # heartbeats, metrics or a result into the training's folder.
@@ -493,7 +573,9 @@ def _configure() -> None:
     _RUN_DIR = os.path.abspath(raw) if on else None  # train.py may chdir
     _INTERVAL = _seconds("MLSM_HEARTBEAT_INTERVAL", 1.0)
     _FLUSH_EVERY = _seconds("MLSM_FLUSH_INTERVAL", 1.0)
-    _TB = os.environ.get("MLSM_TENSORBOARD") == "1"
+    _RANK, _WORLD = _whole("RANK") or 0, _whole("WORLD_SIZE")
+    _RESUMED = _RUN_DIR is not None and os.environ.get("MLSM_RESUMED") == "1"
+    _TB = os.environ.get("MLSM_TENSORBOARD") == "1" and not _RANK
     _BOOT_ID = _read_boot_id() if _RUN_DIR is not None else ""
     _COMPILED = _speedups is not None and os.environ.get("MLSM_HOOKS_COMPILED") != "0"
     _reset()
@@ -505,17 +587,17 @@ def _reset() -> None:
     _on = _RUN_DIR is not None
     _next_beat = 0.0 if _on else math.inf  # the first beat writes at once
     _next_flush = _monotonic() + _FLUSH_EVERY if _on else math.inf
-    if _on and _COMPILED:
+    if _on and _COMPILED and not _RANK:
         if _rec is None:
             _rec = _speedups.Recorder(_MAX_ROWS, _log_py, _tick, _quote)
         _rec.clear()  # the same Recorder: a `log` the training imported before fork is its
         _rec.set_total(_total)
         _buf, log = _rec, _rec.log
-    else:
-        _rec, _buf, log = None, [], _log_py
+    else:  # rank 0 writes the metrics: another rank's log() only beats
+        _rec, _buf, log = None, [], _log_rank if _RANK else _log_py
     _set_due()
     _lock = RLock()  # another thread may have held the parent's at fork time
-    _metrics = _io.Appender(_path(rundir.METRICS)) if _on else None
+    _metrics = _io.Appender(_path(rundir.METRICS)) if _on and not _RANK else None
     _mirror = None  # a SummaryWriter's thread does not survive fork
 
 
@@ -544,9 +626,13 @@ def _catch_sigterm(signal: ModuleType) -> None:
 
 
 def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    global _stop
     import signal
 
     flush()
+    if _polled:  # the training checks stop_requested(): it saves, then exits
+        _stop = True
+        return
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)  # the default action: the exit status still says SIGTERM
 

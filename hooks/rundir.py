@@ -33,6 +33,9 @@ DECISION = "decision.json"
 ANALYSIS = "analysis.md"
 COMMIT = "commit.txt"
 TENSORBOARD = "tb"
+CHECKPOINTS = "checkpoints"  # hooks.checkpoint_dir(): kept across attempts, never set aside
+_RANK_BEAT = re.compile(r"heartbeat\.rank_([1-9][0-9]{0,5})\.json")
+_RANK_DIR = re.compile(r"rank_([0-9]{1,6})")
 
 ATTEMPT_FILES = (
     TRAIN, STDOUT, STDERR, EXIT, KILL, HEARTBEAT, METRICS, RESULT, SPACE, PARAMS_USED, TENSORBOARD,
@@ -164,9 +167,54 @@ def read_kill_note(run_dir: Path) -> dict[str, Any]:
 
 
 # ----- heartbeat, result, metrics --------------------------------------------------------------
-def read_heartbeat(run_dir: Path) -> dict[str, Any] | None:
-    """The heartbeat document, or None when absent or mid-replace."""
-    return read_object(run_dir / HEARTBEAT)
+_BEAT_FLOATS = ("t", "boottime", "expect_next_within")
+_BEAT_INTS = ("pid", "step", "total_steps", "rank", "world")
+
+
+def heartbeat_name(rank: int) -> str:
+    """Rank 0 (and a single process) beats in heartbeat.json, rank K in heartbeat.rank_K.json."""
+    return HEARTBEAT if rank == 0 else f"heartbeat.rank_{rank}.json"
+
+
+def rank_dir_name(rank: int) -> str:
+    """The folder of rank K's stdout.log and stderr.log under a distributed launcher."""
+    return f"rank_{rank}"
+
+
+def rank_files(run_dir: Path) -> list[Path]:
+    """The per-rank heartbeats and log folders of an attempt (set aside with the rest)."""
+    try:
+        names = os.listdir(run_dir)
+    except OSError:
+        return []
+    return [run_dir / n for n in sorted(names) if _RANK_BEAT.fullmatch(n) or _RANK_DIR.fullmatch(n)]
+
+
+def read_heartbeats(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """Every rank's heartbeat by rank (rank 0 from heartbeat.json); absent ranks are left out."""
+    beats = {0: read_heartbeat(run_dir)}
+    for path in rank_files(run_dir):
+        found = _RANK_BEAT.fullmatch(path.name)
+        if found:
+            beats[int(found.group(1))] = read_heartbeat(run_dir, int(found.group(1)))
+    return {rank: beat for rank, beat in beats.items() if beat is not None}
+
+
+def read_heartbeat(run_dir: Path, rank: int = 0) -> dict[str, Any] | None:
+    """The heartbeat document, or None when absent or mid-replace; a time that is not a finite
+    number, or a pid or step that is not a sane whole number, reads as None."""
+    doc = read_object(run_dir / heartbeat_name(rank))
+    if doc is None:
+        return None
+    for key in _BEAT_FLOATS:
+        if key in doc:
+            doc[key] = finite(doc[key])
+    for key in _BEAT_INTS:
+        if key in doc:
+            doc[key] = whole(doc[key])
+    if "boot_id" in doc and not isinstance(doc["boot_id"], str):
+        doc["boot_id"] = None
+    return doc
 
 
 def read_result(run_dir: Path) -> dict[str, Any] | None:
@@ -183,6 +231,13 @@ def finite(value: Any) -> float | None:
     except OverflowError:
         return None
     return number if math.isfinite(number) else None
+
+
+def whole(value: Any) -> int | None:
+    """`value` as a whole number that fits 64 bits, else None (booleans are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) >= 1 << 63:
+        return None
+    return value
 
 
 def last_logged(run_dir: Path, name: str) -> float | None:
@@ -210,22 +265,39 @@ def last_printed(run_dir: Path, name: str) -> float | None:
 
 def keep_tail(path: Path, cap: int, keep: int) -> int:
     """When `path` is over `cap` bytes, cut it to its last `keep` bytes behind a marker line;
-    returns how many bytes went. Writers append (O_APPEND), so they carry on at the new end."""
+    returns how many bytes went. One O_NOFOLLOW descriptor does it all (a link planted under
+    the log's name is never followed, nor truncated), in 1 MB steps (memory stays small).
+    Writers append (O_APPEND), so they carry on at the new end."""
     try:
-        size = path.stat().st_size
-        if size <= cap:
-            return 0
-        tail = read_tail(path, keep).encode()
-        os.truncate(path, 0)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            marker = f"[mlsm: {size - len(tail)} bytes dropped to keep this log small]\n"
-            os.write(fd, marker.encode() + tail)
-        finally:
-            os.close(fd)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return 0
-    return size - len(tail)
+    try:
+        st = os.fstat(fd)
+        start = st.st_size - keep
+        marker = f"[mlsm: {start} bytes dropped to keep this log small]\n".encode()
+        if not stat.S_ISREG(st.st_mode) or st.st_size <= cap or start <= len(marker):
+            return 0
+        end = _move_down(fd, start, len(marker), st.st_size + keep)
+        os.pwrite(fd, marker, 0)
+        os.ftruncate(fd, len(marker) + end - start)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+    return start
+
+
+def _move_down(fd: int, src: int, dest: int, limit: int) -> int:
+    """Copy the file's bytes from `src` (up to its end, or `limit`) down to `dest` < `src`;
+    returns the offset where the copy stopped."""
+    while src < limit:
+        chunk = os.pread(fd, min(1 << 20, limit - src), src)
+        if not chunk:
+            break
+        os.pwrite(fd, chunk, dest)
+        src, dest = src + len(chunk), dest + len(chunk)
+    return src
 
 
 def output_size(run_dir: Path) -> int:

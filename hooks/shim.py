@@ -23,8 +23,9 @@ def _record(run_dir: Path, returncode: int, started: float, detail: str | None =
     record = rundir.with_kill_note(rundir.exit_record(
         returncode, started, detail=detail, pid=os.getpid(), reason=reason), run_dir)
     if not rundir.write_exit(run_dir, record):
-        print("mlsm: could not write exit.json; the daemon records the exit code itself",
-              file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):  # stderr.log may be on the same full disk
+            print("mlsm: could not write exit.json; the daemon records the exit code itself",
+                  file=sys.stderr, flush=True)
 
 
 LIMITS = (("MLSM_LIMIT_NOFILE", resource.RLIMIT_NOFILE), ("MLSM_LIMIT_AS", resource.RLIMIT_AS))
@@ -78,6 +79,8 @@ def run(run_dir: Path, argv: list[str]) -> int:
     for sig in FORWARDED:
         signal.signal(sig, forward)
     returncode = child.wait()
+    if os.path.basename(argv[0]) == "bwrap" and 128 < returncode < 160:
+        returncode = 128 - returncode  # bwrap passes a signal death on as 128 + n
     _record(run_dir, returncode, started, reason=_memory_verdict(run_dir, returncode))
     return returncode if returncode >= 0 else 128 - returncode
 

@@ -49,13 +49,13 @@ from mlsm.machine.core.store import (
     write_atomic,
     write_json_atomic,
 )
-from mlsm.machine.slots import TrainingSlots
+from mlsm.machine.slots import TrainingSlots, pool_for
 from mlsm.machine.supervisor import Recorded, Supervisor
 
 RECONCILE_S = 30.0
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 DIRTY_RETRY_S = 2.0
-ENV_RETRIES = 10  # with the back-off below: about 6 minutes before FAILED
+ENV_RETRIES = 6  # doubling from --retry-backoff (2 s): about 2 minutes before FAILED
 ENV_BACKOFF_MAX_S = 60.0
 AGENT_ROLE: dict[State, Role] = {State.PLANNING: "plan", State.CODING: "code",
                                  State.ANALYZING: "analyze", State.REPORTING: "report"}
@@ -246,6 +246,10 @@ class Experiment:
         self.status.daemon_pid = os.getpid()
         self._write_config()
         self._sandbox = self._resolve_sandbox()
+        self.slots = pool_for(self.config, self.slots)  # with GPUs: a pool of device groups
+        devices = (self.status.training or {}).get("devices")
+        if self.slots is not None and self.status.state == State.TRAINING and devices:
+            self.slots.force(self, str(devices))  # still running there: nobody else gets them
         if self.config.params:
             params.parse(self.config.params, str(self.layout.toml))  # a bad space: now
         self._hooks = hook_commands(self.dir)  # read once: training cannot plant new ones
@@ -435,6 +439,8 @@ class Experiment:
             self._maybe_start()
         elif state == State.CODING and self.status.waiting_for and self.sup.current is None:
             self._to_training()
+        elif state == State.TRAINING and self.status.waiting_for and self.sup.current is None:
+            self._enter_training(None)  # resumed into TRAINING, waiting for a slot
         elif state in (State.PLANNING, State.CODING, State.TRAINING):
             self._check_wall_budget(state)
 
@@ -837,7 +843,7 @@ class Experiment:
 
     def _environment_error(self, what: str, exc: OSError) -> None:
         """A full disk or the like: not the agent's fault. Retry the action with a doubling
-        back-off (2 s up to a minute), ENV_RETRIES times, then FAILED with the reason."""
+        back-off from --retry-backoff (up to a minute), ENV_RETRIES times, then FAILED."""
         self._env_failures += 1
         cause = f"{what}: {exc.strerror or exc}"
         if self._env_failures > ENV_RETRIES:
@@ -845,10 +851,12 @@ class Experiment:
                                  f"space or fix permissions in {self.dir}, then `mlsm retry`)")
             self.model.fail()
             return
-        delay = min(DIRTY_RETRY_S * 2 ** (self._env_failures - 1), ENV_BACKOFF_MAX_S)
+        base = self.config.retry_backoff or DIRTY_RETRY_S
+        delay = min(base * 2 ** (self._env_failures - 1), ENV_BACKOFF_MAX_S)
         self.status.error = (f"{cause}; retry {self._env_failures} of {ENV_RETRIES} in "
                              f"{delay:g} s (free disk space or fix permissions in {self.dir})")
         self.log.error("environment_error", detail=self.status.error)
+        self._persist()  # `mlsm status` shows "retry N of 10" at once
         self._schedule_retry(delay)
 
     def _schedule_retry(self, delay: float) -> None:
@@ -890,20 +898,23 @@ class Experiment:
 
     # ----- training --------------------------------------------------------------------
     def _to_training(self) -> None:
-        """CODING is done: train now, or wait in CODING for a slot (--max-parallel)."""
-        if self.slots is not None and not self.slots.try_acquire(self, self.wake):
-            if not self.status.waiting_for:
-                self.status.waiting_for = (
-                    f"a training slot: {self.slots.in_use} of --max-parallel "
-                    f"{self.slots.limit} experiments are training")
-                self.log.info("waiting_for_slot", detail=self.status.waiting_for)
-                self._persist()
-            return
-        self.status.waiting_for = None
-        self.model.coded()
+        """CODING is done: train now, or wait in CODING for a slot (--max-parallel, GPUs)."""
+        if self._take_slot():
+            self.model.coded()
+
+    def _take_slot(self) -> bool:
+        """Hold a training slot (and GPU group), or wait for one to free up (False)."""
+        if self.slots is None or self.slots.try_acquire(self, self.wake):
+            self.status.waiting_for = None
+            return True
+        if not self.status.waiting_for:
+            self.status.waiting_for = self.slots.waiting_sentence()
+            self.log.info("waiting_for_slot", detail=self.status.waiting_for)
+            self._persist()
+        return False
 
     def _enter_training(self, event: Any) -> None:
-        if self._stopping:
+        if self._stopping or not self._take_slot():  # a resume from STOPPED waits here
             return
         run = self._training_run()
         try:
@@ -917,7 +928,7 @@ class Experiment:
             self._training_finished({"returncode": None, "reason": "not_started",
                                      "detail": str(exc)})
             return
-        self.status.training = {**handle, "run_dir": str(run.run_dir)}
+        self.status.training = {**handle, "run_dir": str(run.run_dir), "resumed": run.resumed}
         self._persist()
         if self._dirty:  # identity not on disk: never start what a restart could start twice
             run.cancel()
@@ -934,7 +945,8 @@ class Experiment:
                            names=run.withheld,
                            hint="secrets stay out of training; pass one with --train-env NAME")
         self.log.info("training_started", iteration=self.status.iteration,
-                      pid=handle.get("pid"), run_dir=str(run.run_dir), cmd=handle.get("cmd"))
+                      run=run.launcher.describe(handle), run_dir=str(run.run_dir),
+                      cmd=handle.get("cmd"))
         if run.sandbox is not None:
             self._log_once("sandbox", "on", "sandbox", "info", detail=sandbox.describe(run.sandbox))
         self._report_before = self.layout.report.exists()
@@ -945,14 +957,17 @@ class Experiment:
         run = TrainingRun(self.layout, it, self.config, get_launcher(self.config.launcher),
                           self.layout.iteration_dir(it), self.post, self.log, self.clock,
                           stopping=self._halting)
+        run.devices = self.slots.devices(self) if self.slots is not None else None
         if self._sandbox:
             run.sandbox = sandbox.Policy(
                 self.dir, run.run_dir, tuple(map(sandbox.Bind.parse, self.config.sandbox_bind)),
-                self.config.allow_network, Path.home(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+                self.config.allow_network, Path.home(),
+                run.devices or os.environ.get("CUDA_VISIBLE_DEVICES"))
         return run
 
     def _training_finished(self, exit_record: dict[str, Any]) -> None:
         s = self.status
+        resumed = (s.training or {}).get("resumed") is True
         s.training = None
         run_dir = self.layout.iteration_dir(s.iteration)
         self._set_aside_forgeries(run_dir)
@@ -960,7 +975,7 @@ class Experiment:
             self._settle_objective(rundir.read_result(run_dir))
         value, source = results.measure(run_dir, s.objective)
         row = results.make_row(s.iteration, exit_record, s.objective, value, source)
-        row.commit = self._commit_of(row.iteration, run_dir)
+        row.commit, row.resumed = self._commit_of(row.iteration, run_dir), resumed
         s.history = [r for r in s.history if r.iteration != row.iteration] + [row]
         self._write_ledger()
         self.log.info("training_exited", iteration=row.iteration, outcome=row.outcome,

@@ -17,6 +17,7 @@ from mlsm.handlers.launchers import launcher_of
 from mlsm.handlers.launchers.base import Handle
 from mlsm.handlers.supervised import SupervisedRun
 from mlsm.hooks import rundir
+from mlsm.machine.core.errors import MlsmError
 
 USR1_PAUSE_S = 0.5
 Recorded = tuple[str, Handle, Path | None]
@@ -73,7 +74,10 @@ class Supervisor:
             if self._closing:
                 return
             if self._stop_reason is not None:
-                self.kill_all(*self._stop_reason)
+                try:
+                    self.kill_all(*self._stop_reason)
+                except Exception as exc:  # STOP's fast path must survive any one bad handle
+                    self.log.exception("killer_error", error=repr(exc))
                 self._after_stop()
 
     # ----- kills -----------------------------------------------------------------------------
@@ -112,7 +116,11 @@ class Supervisor:
         run_id = str(handle.get("run_id"))
         if run_id in self._killed:
             return  # one kill per run, however many reasons arrive
-        launcher = launcher_of(handle)
+        try:
+            launcher = launcher_of(handle)
+        except MlsmError as exc:
+            self.log.error("unknown_launcher", error=str(exc), run_id=run_id)
+            return
         if not rundir.read_kill_note(run_dir or Path("/nonexistent")):
             self._note(kind, handle, run_dir, reason, detail, seconds)
         report = launcher.kill(handle, self.grace)
@@ -121,6 +129,19 @@ class Supervisor:
         if report.found:
             self.log.info("tree_killed", kind=kind, run=launcher.describe(handle),
                           processes=report.found, survivors=report.survivors, reason=reason)
+        self._gpu_holders(kind, handle)
+
+    def _gpu_holders(self, kind: str, handle: Handle) -> int:
+        """What still holds the run's GPUs once its tree is gone: reported, and killed."""
+        if not handle.get("devices"):
+            return 0
+        launcher = launcher_of(handle)
+        pids = launcher.kill_gpu_holders(handle, self.grace)
+        if pids:
+            self.log.warning("gpu_holders_killed", kind=kind, run=launcher.describe(handle),
+                             devices=handle["devices"], pids=pids,
+                             detail="still held the run's GPUs after its tree was killed")
+        return len(pids)
 
     @staticmethod
     def _note(kind: str, handle: Handle, run_dir: Path | None, reason: str, detail: str,
@@ -135,6 +156,7 @@ class Supervisor:
         if handle is None:
             return 0
         left = launcher_of(handle).leftovers(handle, self.grace)
+        left += self._gpu_holders(run.kind, handle)
         if left:
             self.log.warning("leftovers_killed", kind=run.kind, processes=left,
                              run=launcher_of(handle).describe(handle))

@@ -6,6 +6,8 @@
 - FAKE_FAIL_ROLE=<role>: exit 3 without a product.  FAKE_NO_PRODUCT_ROLE: exit 0, no product.
 - FAKE_DECISION: the analyze decision (default: continue, or finish at FAKE_FINISH_AT).
 - FAKE_TRAIN_BODY: the train.py the code role writes.
+- FAKE_DECISION_FILE: decision.json is a copy of this file's bytes (hostile decisions).
+- FAKE_DECISION_SPECIAL=fifo|devzero: decision.json is a FIFO / a link to /dev/zero.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def write_product(role: str, exp: Path, run_dir: Path, it: int) -> None:
     elif role == "code":
         body = os.environ.get("FAKE_TRAIN_BODY") or TRAIN.format(it=it)
         (exp / "train.py").write_text(body)
+    elif role == "analyze" and plant_decision(run_dir / "decision.json"):
+        return
     elif role == "analyze":
         finish_at = int(os.environ.get("FAKE_FINISH_AT", "0") or 0)
         decision = os.environ.get("FAKE_DECISION") or (
@@ -54,6 +58,20 @@ def write_product(role: str, exp: Path, run_dir: Path, it: int) -> None:
             {"decision": decision, "reason": f"fake decision at iteration {it}"}))
     elif role == "report":
         (exp / "REPORT.md").write_text("# Report\n\n## Summary\nFake.\n")
+
+
+def plant_decision(path: Path) -> bool:
+    """A hostile decision.json from FAKE_DECISION_FILE or FAKE_DECISION_SPECIAL; False: none."""
+    special = os.environ.get("FAKE_DECISION_SPECIAL")
+    if special == "fifo":
+        os.mkfifo(path)
+    elif special == "devzero":
+        os.symlink("/dev/zero", path)
+    elif os.environ.get("FAKE_DECISION_FILE"):
+        path.write_bytes(Path(os.environ["FAKE_DECISION_FILE"]).read_bytes())
+    else:
+        return False
+    return True
 
 
 def main() -> int:

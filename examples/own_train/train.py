@@ -5,6 +5,7 @@
 # nothing, so `python train.py` works on its own too.
 
 import math
+import os
 import time
 
 import torch
@@ -22,6 +23,29 @@ cfg = hooks.params(
     steps=300,
     batch_size=64,
 )
+
+CHECKPOINT = hooks.checkpoint_dir() / "last.pt"  # kept across STOP, resume and crashes
+SAVE_EVERY = 100  # steps between checkpoints; a STOP (SIGTERM) saves at once too
+
+
+def save(step: int, net: nn.Module, opt: torch.optim.Optimizer) -> None:
+    """Write the checkpoint atomically: a kill in the middle leaves the previous one."""
+    tmp = CHECKPOINT.with_name(CHECKPOINT.name + ".tmp")
+    torch.save({"step": step, "model": net.state_dict(), "opt": opt.state_dict(),
+                "rng": torch.get_rng_state()}, tmp)
+    os.replace(tmp, CHECKPOINT)
+
+
+def resume(net: nn.Module, opt: torch.optim.Optimizer) -> int:
+    """The last step done: the checkpoint's when mlsm resumes this iteration, else 0."""
+    if not (hooks.resumed() and CHECKPOINT.exists()):
+        return 0
+    state = torch.load(CHECKPOINT)
+    net.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    torch.set_rng_state(state["rng"])
+    print(f"resumed from the checkpoint of step {state['step']}", flush=True)
+    return int(state["step"])
 
 LENGTH = 64
 KINDS = 3
@@ -67,13 +91,19 @@ def main() -> None:
     x_val, y_val = waves(600, gen)
     net = model()
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    first = resume(net, opt)
     start = time.time()
-    for step in range(1, cfg.steps + 1):
+    for step in range(first + 1, cfg.steps + 1):
+        if hooks.stop_requested():  # STOP, --run-timeout, a preemption: save, then end
+            save(step - 1, net, opt)
+            raise SystemExit(143)  # 128 + SIGTERM: ended as the signal asked
         idx = torch.randint(0, len(x_train), (cfg.batch_size,))
         loss = nn.functional.cross_entropy(net(x_train[idx]), y_train[idx])
         opt.zero_grad()
         torch.autograd.backward(loss)
         opt.step()
+        if step % SAVE_EVERY == 0:
+            save(step, net, opt)
         hooks.log(step=step, total_steps=cfg.steps, loss=loss.item())
         hooks.heartbeat(step)
         if step % 50 == 0:

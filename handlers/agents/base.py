@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from mlsm.hooks.layout import Layout
-from mlsm.hooks.rundir import DECISION, read_capped, read_object
+from mlsm.hooks.rundir import DECISION, finite, read_capped, read_object
 from mlsm.machine.core.config import Config
 
 Role = Literal["plan", "code", "analyze", "report"]
@@ -119,21 +119,37 @@ def check_decision(text: str) -> str | None:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         return f"decision.json is not valid JSON ({exc.msg} at line {exc.lineno})"
+    except (ValueError, RecursionError):  # a number past Python's digit limit; deep nesting
+        return "decision.json is not a JSON document mlsm reads (too deep or too long a number)"
     if not isinstance(obj, dict):
         return "decision.json must be a JSON object"
     decision = obj.get("decision")
-    if decision not in DECISIONS:
-        return f"decision.json: 'decision' must be 'continue' or 'finish', got {decision!r}"
+    if not isinstance(decision, str) or decision not in DECISIONS:
+        return f"decision.json: 'decision' must be 'continue' or 'finish', got {_short(decision)}"
     if not isinstance(obj.get("reason"), str) or not obj["reason"].strip():
         return "decision.json: 'reason' must be a non-empty string"
     metric = obj.get("metric")
-    if metric is not None and (isinstance(metric, bool) or not isinstance(metric, int | float)):
-        return f"decision.json: 'metric' must be a number, got {metric!r}"
+    if metric is not None and finite(metric) is None:
+        return f"decision.json: 'metric' must be a finite number, got {_short(metric)}"
     return None
 
 
+def _short(value: Any) -> str:
+    """A value as a message quotes it: at most 80 characters."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**80 else "a huge number"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def read_decision(path: Path) -> dict[str, Any]:
-    """Read a decision already validated by `check_product`; the reason is kept to one line."""
+    """Read a decision already validated by `check_product`; the reason is kept to one line.
+    A file that changed since (unreadable, or no longer valid) reads as decision None."""
     obj = read_object(path, PRODUCT_CAP["analyze"]) or {}
-    reason = " ".join(str(obj.get("reason") or "").split())
-    return {**obj, "reason": reason[:2000]}
+    reason = obj.get("reason")
+    reason = " ".join(reason.split()) if isinstance(reason, str) else ""
+    decision = obj.get("decision")
+    out = {**obj, "decision": decision if isinstance(decision, str) and decision in DECISIONS
+           else None, "reason": reason[:2000]}
+    out.pop("metric", None)
+    if (metric := finite(obj.get("metric"))) is not None:
+        out["metric"] = metric
+    return out

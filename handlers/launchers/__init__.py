@@ -9,6 +9,8 @@ from mlsm.machine.core.errors import ConfigError
 
 LAUNCHERS = {
     "local": "mlsm.handlers.launchers.local:LocalLauncher",
+    "slurm": "mlsm.handlers.launchers.slurm:SlurmLauncher",
+    "torchrun": "mlsm.handlers.launchers.torchrun:TorchrunLauncher",
 }
 _cache: dict[str, Launcher] = {}
 

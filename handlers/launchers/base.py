@@ -33,6 +33,7 @@ class Spec:
     record_cmd: list[str] | None = None  # what status.json shows (the argv without wrappers)
     experiment: Path | None = None  # tags the run's processes with their experiment
     config: Config | None = None  # the experiment's settings (a launcher's options are there)
+    devices: str | None = None  # the GPU group of the pool (CUDA_VISIBLE_DEVICES), if any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +92,10 @@ class Launcher(Protocol):
 
     def usage(self, handle: Handle) -> tuple[int, int]:
         """(processes, resident bytes) of the run's tree; (0, 0) where it cannot be seen."""
+
+    def kill_gpu_holders(self, handle: Handle, grace: float) -> list[int]:
+        """After the run's tree is gone: kill what still holds the GPUs it was handed (one
+        that escaped its tags); their pids. [] where the launcher cannot see them."""
 
     def strays(self, experiment: Path, keep: list[str]) -> list[Handle]:
         """Runs of `experiment` that still have processes but are not in `keep` (run ids)."""

@@ -195,6 +195,8 @@ class LocalLauncher:
         }
         if spec.experiment is not None:
             handle["experiment"] = str(spec.experiment)
+        if spec.devices is not None:
+            handle["devices"] = spec.devices
         return LocalRun(handle, popen)
 
     def _popen(self, spec: Spec, env: dict[str, str], out: int,
@@ -235,6 +237,25 @@ class LocalLauncher:
         procs = alive(tree(handle))
         return len(procs), sum(_rss(p.pid) for p in procs)
 
+    def kill_gpu_holders(self, handle: Handle, grace: float) -> list[int]:
+        devices = handle.get("devices")
+        if not isinstance(devices, str) or not devices:
+            return []
+        from mlsm.handlers import gpus  # NVML only for a run the pool handed GPUs
+
+        procs = []
+        for pid in sorted(gpus.holders(devices)):
+            with contextlib.suppress(psutil.Error):
+                if _escaped_from(pid, handle):
+                    procs.append(psutil.Process(pid))
+        if procs:
+            _signal_all(handle, procs, signal.SIGTERM, use_group=False)
+            left = wait_gone(procs, grace)
+            _signal_all(handle, left, signal.SIGKILL, use_group=False)
+            wait_gone(left, 5.0)
+            reap_orphans()
+        return [p.pid for p in procs]
+
     def strays(self, experiment: Path, keep: list[str]) -> list[Handle]:
         return [{"launcher": self.name, "run_id": run_id, "pid": 0, "pids": pids}
                 for run_id, pids in strays(experiment, keep).items()]
@@ -252,11 +273,14 @@ class LocalLauncher:
 
 
 # ----- finding and killing trees ---------------------------------------------------------------
-def _scan(needles: Iterable[bytes]) -> tuple[dict[int, list[int]], dict[bytes, set[int]]]:
+def _scan(needles: Iterable[bytes], since: int | None = None,
+          ) -> tuple[dict[int, list[int]], dict[bytes, set[int]]]:
     """One pass over /proc: children by parent pid, and the pids whose environment has a needle.
 
     The tags live in the environment, so they survive setsid and re-parenting; one pass keeps
-    the cost at one read per process however large the tree is.
+    the cost at one read per process however large the tree is. A process that started before
+    `since` (clock ticks since boot: the run's own start) cannot carry the run's tags, so its
+    environment is not read: on a busy machine that is nearly every process.
     """
     wanted = tuple(needles)
     children: dict[int, list[int]] = {}
@@ -268,9 +292,9 @@ def _scan(needles: Iterable[bytes]) -> tuple[dict[int, list[int]], dict[bytes, s
         try:
             with open(f"/proc/{pid}/stat", "rb") as fh:
                 stat = fh.read()
-            ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
-            children.setdefault(ppid, []).append(pid)
-            if wanted:
+            fields = stat[stat.rindex(b")") + 2:].split()
+            children.setdefault(int(fields[1]), []).append(pid)
+            if wanted and (since is None or int(fields[19]) >= since):
                 with open(f"/proc/{pid}/environ", "rb") as fh:
                     names = fh.read().split(b"\0")
                 for needle in wanted:
@@ -295,7 +319,8 @@ def _descendants(roots: Iterable[int], children: Mapping[int, list[int]]) -> set
 def tree(handle: Handle) -> list[psutil.Process]:
     """The recorded process, its descendants, and every process tagged with its run (and theirs)."""
     needles = _tags(handle) if handle.get("run_id") else []
-    children, tagged = _scan(needles)
+    since = handle.get("start_ticks") if handle.get("boot_id") == boot_id() else None
+    children, tagged = _scan(needles, since if isinstance(since, int) else None)
     roots = set.intersection(*(tagged[n] for n in needles)) if needles else set()
     if same_process(handle):
         roots.add(_pid(handle))
@@ -382,6 +407,27 @@ def strays(experiment: Path, keep: Iterable[str]) -> dict[str, list[int]]:
         if run is not None and run not in keep_set and not _is_zombie(pid):
             out.setdefault(run, []).append(pid)
     return out
+
+
+def _escaped_from(pid: int, handle: Handle) -> bool:
+    """Whether `pid`, found on the run's GPUs, is the run's: our user's, tagged with this run
+    or with none, and started during the run with no ancestor older than the run short of
+    us (the subreaper that adopts a run's orphans) or init; a person's own job is neither."""
+    since = handle.get("start_ticks")
+    if pid == os.getpid() or not isinstance(since, int) or handle.get("boot_id") != boot_id():
+        return False
+    if psutil.Process(pid).uids().real != os.getuid():
+        return False
+    if _run_id_of(pid) == handle.get("run_id"):
+        return True
+    if _run_id_of(pid) is not None:
+        return False  # another run's (or another experiment's) process
+    while pid not in (0, 1, os.getpid()):
+        ticks = start_ticks(pid)
+        if ticks is None or ticks < since:
+            return False
+        pid = psutil.Process(pid).ppid()
+    return True
 
 
 def _run_id_of(pid: int) -> str | None:

@@ -82,7 +82,9 @@ def _interpreter_paths(argv0: str) -> list[Path]:
     if os.path.isabs(exe):
         found.add(Path(exe).parent.parent)
         found.add(Path(os.path.realpath(exe)).parent.parent)
-    found.update(Path(p) for p in sys.path if p and os.path.isdir(p))
+    # Library folders only: sys.path[0] may be the daemon's cwd, a folder that holds $HOME.
+    found.update(Path(p) for p in sys.path
+                 if p and os.path.isdir(p) and ("-packages" in p or "/lib/python" in p))
     found.add(Path(__file__).resolve().parents[2])  # mlsm's own code (hooks), if installed there
     return sorted(found)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shlex
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mlsm.hooks.layout import TRAIN
+from mlsm.hooks.rundir import read_capped
 from mlsm.machine.core.errors import ConfigError
 
 AGENTS = ("claude", "codex", "command", "builtin")
@@ -83,6 +85,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("poll", "bool", False, "Poll the filesystem instead of inotify (network mounts)."),
     Option("poll_interval", "float", 1.0, "Seconds between polls with --poll.", minimum=0.05),
     Option("max_parallel", "int", 0, "Experiments training at once (0: no limit).", minimum=0),
+    # The GPU pool and torchrun (one block: devices per training, ranks per training).
+    Option("gpus", "str", None,
+           "GPUs trainings may use: 0,1,3, or none (default: every GPU NVML sees)."),
+    Option("gpus_per_run", "int", 1, "GPUs each training gets from --gpus.", minimum=1),
+    Option("nproc_per_node", "int", 0,
+           "torchrun: processes per node (0: one per GPU of the run, else 1).", minimum=0),
+    Option("torchrun_args", "str", None,
+           "torchrun: more arguments, split like a shell (--nnodes 2 --rdzv-endpoint h:29400)."),
     Option("hook_timeout", "float", 60.0, "Seconds a lifecycle hook may run.", minimum=0),
     Option("sandbox", "choice", "auto",
            "Run training in a bubblewrap sandbox (auto: where a preflight succeeds).",
@@ -104,7 +114,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("template", "str", None,
            "Built-in agent: the named template to run (charlm, classification, regression)."),
     Option("launcher", "choice", "local", "How training runs: local, or a Slurm batch job.",
-           ("local", "slurm")),
+           ("local", "slurm", "torchrun")),
     Option("ui", "int", 0, "Serve the web UI on this port from the daemon (0: off).", minimum=0),
     Option("ui_host", "str", "127.0.0.1",
            "Address the web UI binds to; any but loopback requires a token."),
@@ -167,6 +177,10 @@ class Config:
     poll: bool = False
     poll_interval: float = 1.0
     max_parallel: int = 0
+    gpus: str | None = None
+    gpus_per_run: int = 1
+    nproc_per_node: int = 0
+    torchrun_args: str | None = None
     hook_timeout: float = 60.0
     sandbox: str = "auto"
     sandbox_bind: tuple[str, ...] = ()
@@ -204,6 +218,8 @@ class Config:
         try:
             value = float(text[:-1] if scale > 1 else text) * scale
         except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
             raise ConfigError(f"--max-memory {self.max_memory!r}: use a size such as 16G, "
                               f"512M or a number of bytes") from None
         if value < 16 << 20:
@@ -230,18 +246,31 @@ class Config:
             raise ConfigError(
                 "--agent command needs --agent-cmd (or MLSM_AGENT_CMD / agent-cmd in mlsm.toml)"
             )
-        return shlex.split(self.agent_cmd)
+        try:
+            return shlex.split(self.agent_cmd)
+        except ValueError as exc:
+            raise ConfigError(f"--agent-cmd {self.agent_cmd!r} cannot be split like a shell "
+                              f"line ({exc}): fix its quotes") from None
 
 
 def parse_value(opt: Option, raw: Any, origin: str) -> Any:
     """Turn a raw flag/env/toml value into the option's type; errors name key and value."""
     try:
         value = _PARSERS[opt.kind](opt, raw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{origin}: bad value {raw!r} for {opt.name!r}: {exc}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ConfigError(f"{origin}: bad value {_short(raw)} for {opt.name!r}: {exc}") from None
     if opt.minimum is not None and value is not None and value < opt.minimum:
-        raise ConfigError(f"{origin}: {opt.name!r} must be >= {opt.minimum:g}, got {raw!r}")
+        raise ConfigError(f"{origin}: {opt.name!r} must be >= {opt.minimum:g}, got {_short(raw)}")
     return value
+
+
+def _short(raw: Any) -> str:
+    """A value as an error message quotes it: one line, at most 80 characters."""
+    try:
+        text = repr(raw)
+    except ValueError:  # an integer too long to print
+        text = "a number too large"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _parse_bool(opt: Option, raw: Any) -> bool:
@@ -301,6 +330,10 @@ _PARSERS: dict[str, Callable[[Option, Any], Any]] = {
 }
 
 
+TOML_CAP = 1 << 20
+"""The largest mlsm.toml mlsm reads."""
+
+
 def read_toml(exp_dir: Path) -> dict[str, Any]:
     """Read `<dir>/mlsm.toml` (absent → {}); unknown keys and bad files are errors."""
     path = exp_dir / "mlsm.toml"
@@ -308,14 +341,18 @@ def read_toml(exp_dir: Path) -> dict[str, Any]:
         return {}
     if not path.is_file():
         raise ConfigError(f"{path} is not a file: replace it with a TOML file or remove it")
+    raw = read_capped(path.resolve(), TOML_CAP)
+    if raw is None:
+        raise ConfigError(f"cannot read {path} (unreadable or over {TOML_CAP >> 20} MB): "
+                          f"fix its permissions or shorten it")
     try:
-        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+        data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text: save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc}): fix the syntax") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests too deeply to be a settings file: fix it") from None
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = key.replace("-", "_")

@@ -110,16 +110,36 @@ class Row:
     decision: str | None = None
     decision_reason: str | None = None
     run_id: str | None = None
+    resumed: bool = False  # this start continued an interrupted one (STOP, crash, preemption)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Row:
-        names = {f.name for f in dataclasses.fields(cls)}
-        row = cls(**{k: v for k, v in doc.items() if k in names})
-        row.value = rundir.finite(row.value)
+        """A row as status.json kept it; a field of the wrong type reads as absent. ValueError
+        when it has no whole-number iteration or no outcome (status.py checks that first)."""
+        iteration, outcome = rundir.whole(doc.get("iteration")), doc.get("outcome")
+        if iteration is None or not isinstance(outcome, str):
+            raise ValueError("a history row needs a whole-number iteration and an outcome")
+        row = cls(iteration, outcome, value=rundir.finite(doc.get("value")),
+                  duration_s=rundir.finite(doc.get("duration_s")),
+                  returncode=rundir.whole(doc.get("returncode")),
+                  leftovers=rundir.whole(doc.get("leftovers")) or 0)
+        for name in _ROW_TEXT:
+            setattr(row, name, _text(doc.get(name)))
+        row.resumed = doc.get("resumed") is True
         return row
+
+
+_ROW_TEXT = ("reason", "metric", "goal", "source", "detail", "commit", "decision",
+             "decision_reason", "run_id")
+TEXT_CAP = 2000
+"""The longest reason or detail a row keeps (status.json stays small whatever a file said)."""
+
+
+def _text(value: Any) -> str | None:
+    return value[:TEXT_CAP] if isinstance(value, str) else None
 
 
 def measure(run_dir: Path, objective: Objective | None) -> tuple[float | None, str | None]:
@@ -140,17 +160,18 @@ def measure(run_dir: Path, objective: Objective | None) -> tuple[float | None, s
 def make_row(iteration: int, exit_record: dict[str, Any], objective: Objective | None,
              value: float | None, source: str | None) -> Row:
     """The history row of a finished training. A failed run keeps its value but is never best."""
-    ok = exit_record.get("returncode") == 0 and exit_record.get("reason") == "exited"
+    returncode, reason = rundir.whole(exit_record.get("returncode")), exit_record.get("reason")
+    value = rundir.finite(value)
+    ok = returncode == 0 and reason == "exited"
     outcome = "failed" if not ok else "ok" if value is not None else "no_result"
-    leftovers = exit_record.get("leftovers")
     return Row(
-        iteration=iteration, outcome=outcome, reason=exit_record.get("reason"),
-        returncode=exit_record.get("returncode"), duration_s=rundir.finite(
-            exit_record.get("duration_s")), detail=exit_record.get("detail"),
+        iteration=iteration, outcome=outcome, reason=_text(reason), returncode=returncode,
+        duration_s=rundir.finite(exit_record.get("duration_s")),
+        detail=_text(exit_record.get("detail")),
         metric=objective.name if objective else None, goal=objective.goal if objective else None,
         value=value, source=source if value is not None else None,
-        leftovers=leftovers if isinstance(leftovers, int) else 0,
-        run_id=exit_record.get("run_id"),
+        leftovers=max(0, rundir.whole(exit_record.get("leftovers")) or 0),
+        run_id=_text(exit_record.get("run_id")),
     )
 
 

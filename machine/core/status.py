@@ -10,6 +10,7 @@ from typing import Any
 from mlsm.hooks import rundir
 from mlsm.hooks.layout import STATUS
 from mlsm.machine.core import results
+from mlsm.machine.core.config import OPTIONS_BY_NAME
 from mlsm.machine.core.errors import InputError
 from mlsm.machine.core.results import Objective, Row
 from mlsm.machine.core.states import State
@@ -95,7 +96,7 @@ def parse(path: Path, doc: Any) -> Status:
     if "schema" not in doc:
         return _adopt_seed(path, doc)
     if doc.get("schema") not in (1, SCHEMA):
-        raise InputError(f"{path} has schema {doc.get('schema')!r}, this mlsm reads schemas "
+        raise InputError(f"{path} has schema {_short(doc.get('schema'))}, this mlsm reads schemas "
                          f"1 and {SCHEMA}: use a matching mlsm version")
     problem = _field_problem(doc)
     if problem:
@@ -108,7 +109,7 @@ def _build(doc: dict[str, Any]) -> Status:
     for f in dataclasses.fields(Status):
         if f.name in doc and f.name not in ("objective", "history"):
             setattr(status, f.name, doc[f.name])
-    status.history = [Row.from_json(r) for r in doc.get("history") or [] if isinstance(r, dict)]
+    status.history = [Row.from_json(r) for r in doc.get("history") or []]
     status.objective = Objective.from_json(doc.get("objective")) or _schema1_objective(doc)
     return status
 
@@ -134,30 +135,91 @@ _TYPES: dict[str, tuple[type, ...]] = {
 
 
 def _field_problem(doc: dict[str, Any]) -> str | None:
-    if doc.get("state") not in _STATES:
-        return f"unknown state {doc.get('state')!r}"
-    prev = doc.get("previous_state")
-    if prev is not None and prev not in _STATES:
-        return f"unknown previous_state {prev!r}"
-    iteration = doc.get("iteration")
-    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
-        return f"iteration must be a whole number >= 0, got {iteration!r}"
-    for key, types in _TYPES.items():
-        value = doc.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-            return f"{key} has the wrong type ({type(value).__name__})"
-    if doc.get("state") == State.STOPPED and prev is None:
+    state, prev = doc.get("state"), doc.get("previous_state")
+    if not isinstance(state, str) or state not in _STATES:
+        return f"unknown state {_short(state)}"
+    if prev is not None and (not isinstance(prev, str) or prev not in _STATES):
+        return f"unknown previous_state {_short(prev)}"
+    iteration = rundir.whole(doc.get("iteration"))
+    if iteration is None or iteration < 0:
+        return f"iteration must be a whole number >= 0, got {_short(doc.get('iteration'))}"
+    problem = _types_problem(doc, _TYPES, "") or _numbers_problem(doc) or _history_problem(doc)
+    for key in ("training", "agent"):
+        problem = problem or _handle_problem(key, doc.get(key))
+    if problem:
+        return problem
+    if state == State.STOPPED and prev is None:
         return "state is stopped but previous_state is missing, so it cannot resume"
     return None
 
 
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, int) or rundir.whole(value) is not None \
+        else "a number too large"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _types_problem(doc: dict[str, Any], types: dict[str, tuple[type, ...]],
+                   prefix: str) -> str | None:
+    for key, allowed in types.items():
+        value = doc.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, allowed) or (bool not in allowed and isinstance(value, bool)):
+            return f"{prefix}{key} has the wrong type ({type(value).__name__})"
+    return None
+
+
+def _numbers_problem(doc: dict[str, Any]) -> str | None:
+    """Whole numbers fit 64 bits; cost_usd is a finite number >= 0."""
+    for key, allowed in _TYPES.items():
+        if allowed == (int,) and doc.get(key) is not None and rundir.whole(doc[key]) is None:
+            return f"{key} is not a sane whole number"
+    cost = doc.get("cost_usd")
+    if cost is not None and (rundir.finite(cost) is None or cost < 0):
+        return "cost_usd must be a finite number >= 0"
+    return None
+
+
+def _history_problem(doc: dict[str, Any]) -> str | None:
+    for k, row in enumerate(doc.get("history") or []):
+        if not isinstance(row, dict):
+            return f"history[{k}] is not an object"
+        iteration = rundir.whole(row.get("iteration"))
+        if iteration is None or iteration < 0 or not isinstance(row.get("outcome"), str):
+            return f"history[{k}] needs a whole-number iteration and an outcome"
+    return None
+
+
+_HANDLE_TYPES: dict[str, tuple[type, ...]] = {
+    "launcher": (str,), "pid": (int,), "pgid": (int,), "start_ticks": (int,),
+    "boot_id": (str,), "run_id": (str,), "cmd": (list,), "started_at": (str,),
+    "experiment": (str,), "run_dir": (str,), "role": (str,), "transcript": (str,),
+    "job_id": (str, int), "script": (str,), "tag": (str,),
+}
+_LAUNCHERS = OPTIONS_BY_NAME["launcher"].choices
+
+
+def _handle_problem(key: str, handle: Any) -> str | None:
+    """A recorded process: known fields of the right types, a launcher mlsm has."""
+    if not isinstance(handle, dict):
+        return None
+    problem = _types_problem(handle, _HANDLE_TYPES, f"{key}.")
+    for name in ("pid", "pgid", "start_ticks"):
+        if problem is None and handle.get(name) is not None and rundir.whole(handle[name]) is None:
+            problem = f"{key}.{name} is not a sane whole number"
+    launcher = handle.get("launcher")
+    if problem is None and launcher is not None and launcher not in _LAUNCHERS:
+        problem = f"{key}.launcher {_short(launcher)} is not one of {', '.join(_LAUNCHERS)}"
+    return problem
+
+
 def _adopt_seed(path: Path, doc: dict[str, Any]) -> Status:
     """A status.json in the seed template's shape (iteration, timestamp, complete)."""
-    iteration = doc.get("iteration", 0)
-    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
-        raise InputError(f"{path}: iteration must be a whole number, got {iteration!r}")
+    iteration = rundir.whole(doc.get("iteration", 0))
+    if iteration is None or iteration < 0:
+        raise InputError(f"{path}: iteration must be a whole number, got "
+                         f"{_short(doc.get('iteration'))}")
     done = bool(doc.get("complete"))
     return Status(iteration=iteration, complete=done,
                   state=State.DONE.value if done else State.IDLE.value)

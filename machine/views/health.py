@@ -125,17 +125,18 @@ def _check_process(exp_dir: Path, key: str, doc: dict[str, Any], cfg: Config,
 
 
 def _check_agent(d: str, doc: dict[str, Any], cfg: Config, age: float) -> list[Finding]:
+    who = launcher_of(doc).describe(doc)
     if cfg.agent_timeout and age > cfg.agent_timeout:
-        return [Finding(d, "problem", f"agent (pid {doc['pid']}) has run {age:.0f}s, over "
+        return [Finding(d, "problem", f"agent ({who}) has run {age:.0f}s, over "
                                       f"--agent-timeout {cfg.agent_timeout:g}s", "agent",
                         "agent_timeout", age)]
     transcript = Path(doc.get("transcript") or "")
     with contextlib.suppress(OSError):
         quiet = time.time() - transcript.stat().st_mtime
         if cfg.agent_idle_timeout and quiet > cfg.agent_idle_timeout:
-            return [Finding(d, "problem", f"agent (pid {doc['pid']}) wrote nothing for "
-                                          f"{quiet:.0f}s", "agent", "agent_idle", quiet)]
-    return [Finding(d, "ok", f"agent (pid {doc['pid']}) running for {age:.0f}s")]
+            return [Finding(d, "problem", f"agent ({who}) wrote nothing for {quiet:.0f}s",
+                            "agent", "agent_idle", quiet)]
+    return [Finding(d, "ok", f"agent ({who}) running for {age:.0f}s")]
 
 
 def _check_training(d: str, doc: Handle, run_dir: Path, cfg: Config, now: float,

@@ -72,7 +72,7 @@ def _row(doc: dict[str, Any], narrow: bool = False) -> list[Any]:
     metrics = doc.get("latest_metrics") or {}
     latest = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in metrics.items() if k != "step")
-    pids = ", ".join(f"{k} {p['pid']}" for k in ("agent", "training")
+    pids = ", ".join(f"{k} {p.get('name') or p['pid']}" for k in ("agent", "training")
                      if (p := doc.get(k)) and p.get("alive"))
     return [*head, _age(doc.get("time_in_state_s")), _progress(doc), latest or "-", _best(doc),
             _age(doc.get("heartbeat_age_s")), f"${doc.get('cost_usd') or 0:.2f}", pids or "-",

@@ -96,9 +96,29 @@ def _proc(doc: Any) -> dict[str, Any] | None:
         return None
     from mlsm.handlers.launchers import launcher_of  # psutil only when a process is recorded
 
-    return {"pid": doc.get("pid"), "alive": launcher_of(doc).alive(doc),
-            "started_at": doc.get("started_at"), "role": doc.get("role"), "cmd": doc.get("cmd"),
+    launcher = launcher_of(doc)
+    return {"pid": doc.get("pid"), "job_id": doc.get("job_id"), "alive": launcher.alive(doc),
+            "name": launcher.describe(doc), "started_at": doc.get("started_at"),
+            "role": doc.get("role"), "cmd": doc.get("cmd"),
             "launcher": doc.get("launcher") or "local"}
+
+
+def _with_gpus(proc: dict[str, Any] | None, doc: Any) -> dict[str, Any] | None:
+    """The training's entry plus its GPU group, and each GPU's utilisation and memory while
+    the run lives (NVML is loaded only for a run that was handed GPUs)."""
+    devices = doc.get("devices") if isinstance(doc, dict) else None
+    if proc is None or not isinstance(devices, str) or not devices:
+        return proc
+    from mlsm.handlers import gpus
+
+    return {**proc, "devices": devices, "gpus": gpus.usage(devices) if proc["alive"] else []}
+
+
+def _gpu_text(proc: dict[str, Any]) -> str:
+    """`gpus 0,1 (37% 1200/81559 MB, 40% 1180/81559 MB)`."""
+    stats = [f"{g['util_pct']}% {g['mem_used_mb']}/{g['mem_total_mb']} MB"
+             for g in proc.get("gpus") or [] if g.get("util_pct") is not None]
+    return f"gpus {proc['devices']}" + (f" ({', '.join(stats)})" if stats else "")
 
 
 def snapshot(exp_dir: Path, now: float | None = None) -> dict[str, Any]:
@@ -130,7 +150,8 @@ def _document(layout: Layout, status: Status, running: bool) -> dict[str, Any]:
         "objective": objective.to_json() if objective else None,
         "cost_usd": status.cost_usd, "complete": status.complete,
         "stop_reason": status.stop_reason, "error": status.error,
-        "agent": _proc(status.agent), "training": _proc(status.training),
+        "agent": _proc(status.agent),
+        "training": _with_gpus(_proc(status.training), status.training),
         "daemon_pid": status.daemon_pid, "daemon_running": running,
         "stop_file": _present(layout.stop),
         "waiting_for": IDEA if _waits_for_idea(layout, status, running) else status.waiting_for,
@@ -156,7 +177,7 @@ def _training_progress(layout: Layout, status: Status, now: float,
         out["step"], out["total_steps"] = beat.get("step"), beat.get("total_steps")
     if isinstance(last, dict):
         out["latest_metrics"] = {k: v for k, v in last.items() if k not in ("t",)}
-        out["step"] = last.get("step", out["step"])
+        out["step"] = rundir.whole(last.get("step")) if "step" in last else out["step"]
     started = parse_iso((status.training or {}).get("started_at"))
     step, total = out["step"], out["total_steps"]
     if running and started and isinstance(step, int) and isinstance(total, int) \
@@ -200,7 +221,9 @@ def _line(doc: dict[str, Any]) -> str:
     for key in ("agent", "training"):
         if doc.get(key):
             p = doc[key]
-            parts.append(f"{key} pid {p['pid']} ({'alive' if p['alive'] else 'gone'})")
+            parts.append(f"{key} {p['name']} ({'alive' if p['alive'] else 'gone'})")
+            if p.get("devices"):
+                parts.append(_gpu_text(p))
     if doc.get("step") is not None:
         parts.append(_progress_text(doc))
     if doc.get("latest_metrics"):

@@ -3,6 +3,7 @@
 # The data is generated with a fixed seed, so every run sees the same train and validation sets.
 # The defaults are deliberately modest; mlsm tunes the parameters declared in `hooks.params`.
 
+import os
 import time
 
 import torch
@@ -24,6 +25,29 @@ cfg = hooks.params(
     steps=600,
     seed=0,
 )
+
+CHECKPOINT = hooks.checkpoint_dir() / "last.pt"  # kept across STOP, resume and crashes
+SAVE_EVERY = 100  # steps between checkpoints; a STOP (SIGTERM) saves at once too
+
+
+def save(step: int, net: nn.Module, opt: torch.optim.Optimizer) -> None:
+    """Write the checkpoint atomically: a kill in the middle leaves the previous one."""
+    tmp = CHECKPOINT.with_name(CHECKPOINT.name + ".tmp")
+    torch.save({"step": step, "model": net.state_dict(), "opt": opt.state_dict(),
+                "rng": torch.get_rng_state()}, tmp)
+    os.replace(tmp, CHECKPOINT)
+
+
+def resume(net: nn.Module, opt: torch.optim.Optimizer) -> int:
+    """The last step done: the checkpoint's when mlsm resumes this iteration, else 0."""
+    if not (hooks.resumed() and CHECKPOINT.exists()):
+        return 0
+    state = torch.load(CHECKPOINT)
+    net.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    torch.set_rng_state(state["rng"])
+    print(f"resumed from the checkpoint of step {state['step']}", flush=True)
+    return int(state["step"])
 
 
 def target(x: torch.Tensor) -> torch.Tensor:
@@ -59,13 +83,19 @@ def main() -> None:
     x_val, y_val = dataset(500, 0.1, gen)
     net = model(cfg.hidden, cfg.layers)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    first = resume(net, opt)
     start = time.time()
-    for step in range(1, cfg.steps + 1):
+    for step in range(first + 1, cfg.steps + 1):
+        if hooks.stop_requested():  # STOP, --run-timeout, a preemption: save, then end
+            save(step - 1, net, opt)
+            raise SystemExit(143)  # 128 + SIGTERM: ended as the signal asked
         idx = torch.randint(0, len(x_train), (cfg.batch_size,))
         loss = nn.functional.mse_loss(net(x_train[idx]), y_train[idx])
         opt.zero_grad()
         torch.autograd.backward(loss)
         opt.step()
+        if step % SAVE_EVERY == 0:
+            save(step, net, opt)
         hooks.heartbeat(step)
         if step % 50 == 0 or step == cfg.steps:
             val_loss = evaluate(net, x_val, y_val)
