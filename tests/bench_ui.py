@@ -191,6 +191,9 @@ def bench_page(root: Path, dirs: list[Path], trials: int, idle_s: float) -> list
         time.sleep(5)  # let the start settle before the window
         cpu0, rss0 = idle_usage(server, idle_s)
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        floor = blank_paints(browser, trials)
+        rows.append(("floor: an empty page from a plain HTTP server, a new profile each time",
+                     str(len(floor)), f"{p50(floor):.0f} ms", f"{p99(floor):.0f} ms", ""))
         for label, fresh in (("a new browser profile each time", True),
                              ("the page opened again", False)):
             paints = first_paints(browser, url, trials, fresh, len(dirs))
@@ -212,6 +215,44 @@ def bench_page(root: Path, dirs: list[Path], trials: int, idle_s: float) -> list
     rows.append((f"`mlsm ui` idle over {len(dirs)}, one overview open ({idle_s:.0f} s)", "1",
                  f"{cpu1:.2f} % CPU", f"{rss1:.0f} MB", ""))
     return rows
+
+
+BLANK = (b"<!doctype html><html><body><p>x</p><script>requestAnimationFrame(() => "
+         b"{ window.mlsmPainted = performance.now(); });</script></body></html>")
+
+
+def blank_paints(browser: Any, trials: int) -> list[float]:
+    """The browser's own share: an empty page, served by http.server, to its first frame."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(BLANK)))
+            self.end_headers()
+            self.wfile.write(BLANK)
+
+        def log_message(self, *_: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        out = []
+        for _ in range(trials):
+            context = browser.new_context()
+            page = context.new_page()
+            page.goto(url)
+            page.wait_for_function("() => window.mlsmPainted > 0")
+            out.append(float(page.evaluate("() => window.mlsmPainted")))
+            context.close()
+        return out
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def first_paints(browser: Any, url: str, trials: int, fresh: bool, n: int) -> list[float]:
@@ -260,7 +301,7 @@ def bench_daemon_ui(root: Path, n: int, idle_s: float) -> list[Row]:
             daemon = psutil.Process(proc.pid)
             wait(lambda: sum(1 for d in root.iterdir() if (d / ".mlsm" / "lock").exists()) >= n,
                  120, "every experiment adopted")
-            time.sleep(3)  # let the start settle before the window
+            time.sleep(20)  # let the start settle before the window
             cpu, rss = idle_usage(daemon, idle_s)
             rows.append((f"idle daemon over {n} finished experiments, {label} ({idle_s:.0f} s)",
                          "1", f"{cpu:.2f} % CPU", f"{rss:.0f} MB", ""))

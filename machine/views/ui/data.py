@@ -54,12 +54,14 @@ def history(exp_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def experiment_doc(key: str, exp_dir: Path, now: float, journal: bytes) -> dict[str, Any]:
-    """Everything the experiment page shows except curves and logs (they stream)."""
+def experiment_doc(key: str, exp_dir: Path, now: float,
+                   events: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Everything the experiment page shows except curves and logs (they stream); `events`
+    are the journal's transitions."""
     layout = Layout(exp_dir)
     doc = overview_row(key, exp_dir, now)
     doc["history"] = history(exp_dir) if doc["state"] != "unreadable" else []
-    doc["timeline"] = timeline(transitions(journal), now)
+    doc["timeline"] = timeline(events, now)
     doc["iterations"] = iterations(exp_dir)
     doc["files"] = {name: path.is_file() for name, path in
                     (("PLAN.md", layout.plan), ("REPORT.md", layout.report),

@@ -19,7 +19,6 @@ from urllib.parse import quote
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import (
-    FileResponse,
     HTMLResponse,
     PlainTextResponse,
     RedirectResponse,
@@ -29,6 +28,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from mlsm.hooks.layout import IDEA, Layout
+from mlsm.hooks.rundir import read_capped
 from mlsm.machine.core.errors import InputError
 from mlsm.machine.core.states import State
 from mlsm.machine.core.status import read_status
@@ -87,6 +87,7 @@ class App:
         self.security = security
         self.board = Board(catalog)
         self.shared = Shared()
+        self.static = Static()
         self.hub = Hub()
         self.stopping = asyncio.Event()
         self._polled = asyncio.Event()
@@ -143,16 +144,15 @@ class App:
             response.set_cookie(self.security.cookie, self.security.cookie_value,
                                 httponly=True, samesite="strict")
             return response
-        text = _template()
+        nonce = secrets.token_urlsafe(16)
         initial = "null"
         if request.url.path == "/":  # the overview's rows come with the page: no round trip
             await self.ready()
             initial = (f'{{"version": {self.board.version}, "now": {time.time()}, '
                        f'"rows": {self.board.full_json()}}}')
-        text = text.replace("{{csrf}}", self.security.csrf)
-        text = text.replace("{{roots}}", "1" if self.catalog.roots else "0")
-        text = text.replace("{{initial}}", initial)
-        return HTMLResponse(text, headers={"cache-control": "no-store"})
+        text = self.static.page(nonce, self.security.csrf, bool(self.catalog.roots), initial)
+        return HTMLResponse(text, headers={"cache-control": "no-store",
+                                           "content-security-policy": page_csp(nonce)})
 
     # ----- JSON --------------------------------------------------------------------------
     async def overview(self, request: Request) -> Response:
@@ -173,10 +173,11 @@ class App:
     async def file(self, request: Request) -> Response:
         d = self._dir(request)
         path = inside(d, request.query_params.get("path", ""))
-        if path is None or path.stat().st_size > FILE_CAP:
+        body = None if path is None else await asyncio.to_thread(read_capped, path, FILE_CAP)
+        if path is None or body is None:  # read_capped: no symlink, no FIFO, not too large
             return PlainTextResponse("no such file in this experiment", 404)
         kind = IMAGE_TYPES.get(path.suffix.lower(), "text/plain; charset=utf-8")
-        return FileResponse(path, media_type=kind, headers={
+        return Response(body, media_type=kind, headers={
             "content-security-policy": FILE_CSP, "cache-control": "no-cache",
             "content-disposition": "inline"})
 
@@ -328,16 +329,15 @@ class App:
         return _json({"ok": True, "message": f"{name}/IDEA.md written", "key": name})
 
 
-def _template() -> str:
-    """index.html with its static files' URLs versioned (they are cached for a day)."""
-    text = (STATIC / "index.html").read_text(encoding="utf-8")
-    for name in ("app.js", "app.css"):
-        stamp = int((STATIC / name).stat().st_mtime)  # a new version is a new URL
-        text = text.replace(f"/static/{name}", f"/static/{name}?v={stamp}")
-    return text
+def page_csp(nonce: str) -> str:
+    """The page's policy: its own inline script and style (by nonce), files from here only."""
+    return (f"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+            f"script-src 'self' 'nonce-{nonce}'; connect-src 'self'; frame-ancestors 'none'; "
+            f"base-uri 'none'; form-action 'self'")
 
 
-STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+                ".html": "text/html; charset=utf-8"}
 
 
 class Static:
@@ -360,9 +360,21 @@ class Static:
             cached = self.files[name] = (mtime, path.read_bytes())
         return cached[1]
 
+    def page(self, nonce: str, csrf: str, roots: bool, initial: str) -> str:
+        """index.html with app.css and app.js inlined (one request to the first paint)."""
+        text = (self._body("index.html") or b"").decode()
+        css = (self._body("app.css") or b"").decode()
+        js = (self._body("app.js") or b"").decode()
+        text = text.replace('<link rel="stylesheet" href="/static/app.css">',
+                            f"<style>{css}</style>")
+        text = text.replace('<script src="/static/app.js"></script>',
+                            f'<script nonce="{nonce}">{js}</script>')
+        text = text.replace("{{csrf}}", csrf).replace("{{roots}}", "1" if roots else "0")
+        return text.replace("{{initial}}", initial)  # last: rows may hold any text
+
     async def serve(self, request: Request) -> Response:
         name = request.path_params["name"]
-        body = self._body(name)
+        body = None if name.endswith(".html") else self._body(name)
         if body is None:
             return PlainTextResponse("not found", 404)
         return Response(body, media_type=STATIC_TYPES[Path(name).suffix],
@@ -411,7 +423,7 @@ def make_app(catalog: Catalog, security: Security) -> tuple[Any, App]:
         Route("/api/exp/{key}/diff", g(app.diff)),
         Route("/api/exp/{key}/{action}", g(app.action), methods=["POST"]),
         Route("/api/new", g(app.new), methods=["POST"]),
-        Route("/static/{name}", Static().serve),
+        Route("/static/{name}", app.static.serve),
     ]
     return Guard(Starlette(routes=routes, lifespan=lifespan), security), app
 

@@ -1,4 +1,4 @@
-"""The UI server's memory of the files: overview rows kept fresh by polling, curves, journals."""
+"""The UI server's memory of the files: overview rows kept fresh by file events, curves."""
 
 from __future__ import annotations
 
@@ -20,14 +20,16 @@ from mlsm.machine.views.ui.watch import Watcher
 
 LIST_S = 2.0  # how often roots are listed where there is no inotify (else on its events)
 LIVE_S = 2.0  # how often a working experiment's lock and processes are looked at again
-QUIET_S = 30.0  # ... and a quiet one's lock (is a daemon still holding it?)
+QUIET_S = 30.0  # ... a quiet one's lock (is its daemon still holding it?)
+ORPHAN_S = 5.0  # ... and the lock of one without a daemon (has one come?)
 SWEEP_S = 30.0  # how often every experiment is looked at, file events or not
 CURVE_BUDGET = 1500  # points per series sent to a browser
 RAW_CAP = 200_000  # points per series kept in memory before it is thinned
 _WORKING = frozenset(s.value for s in WORKING)
 
 
-def _stat(path: Path | str) -> tuple[int, int, int] | None:
+def stat_of(path: Path | str) -> tuple[int, int, int] | None:
+    """(mtime, size, inode), or None when absent: what tells a file changed."""
     try:
         st = os.stat(path)
     except OSError:
@@ -72,9 +74,10 @@ class Board:
 
     @property
     def busy(self) -> bool:
-        """Something must be looked at every tick: a working experiment, or one unwatched."""
-        return bool(self.watcher.failed) or any(r.get("state") in _WORKING
-                                                for r in self.rows.values())
+        """Something must be looked at every tick: a working experiment, one without a
+        daemon (has one come?), or one without a watch."""
+        return bool(self.watcher.failed) or any(
+            r.get("state") in _WORKING or not r.get("daemon_running") for r in self.rows.values())
 
     def path(self, key: str) -> Path | None:
         """The directory of the experiment with URL key `key`."""
@@ -91,25 +94,29 @@ class Board:
         self.watcher.read()
         dirty, listing, everything = self.watcher.take()
         if listing or everything or mono >= self._next_list:
-            paths = self.catalog.keyed()
-            self.watcher.follow(paths.values(), [*self.catalog.roots, *self.catalog.waiting()])
-            self.paths = paths
-            self._next_list = mono + (LIST_S if self.watcher.fileno() < 0 else SWEEP_S)
+            self._relist(mono)
         sweep = everything or mono >= self._next_sweep
         if sweep:
             self._next_sweep = mono + SWEEP_S
-        failed = self.watcher.failed
-        changed = []
-        for key, path in self.paths.items():
-            old = self.rows.get(key)
-            if sweep or old is None or path in dirty or path in failed \
-                    or old.get("state") in _WORKING:
-                row = self._refresh(key, path, mono, force=path in dirty)
-                if row is not None:
-                    changed.append(row)
+        changed = [row for key, path in self.paths.items()
+                   if self._due(key, path, mono, sweep, dirty)
+                   and (row := self._refresh(key, path, mono, force=path in dirty)) is not None]
         removed = [k for k in self.rows if k not in self.paths]
-        if not changed and not removed:
-            return [], []
+        if changed or removed:
+            self._commit(changed, removed)
+        return [r["key"] for r in changed], removed
+
+    def _relist(self, mono: float) -> None:
+        self.paths = self.catalog.keyed()
+        self.watcher.follow(self.paths.values(), [*self.catalog.roots, *self.catalog.waiting()])
+        self._next_list = mono + (LIST_S if self.watcher.fileno() < 0 else SWEEP_S)
+
+    def _due(self, key: str, path: Path, mono: float, sweep: bool, dirty: set[Path]) -> bool:
+        old = self.rows.get(key)
+        return (sweep or old is None or path in dirty or path in self.watcher.failed
+                or old.get("state") in _WORKING or mono >= self._locks[key][1])
+
+    def _commit(self, changed: list[dict[str, Any]], removed: list[str]) -> None:
         rows = {**self.rows, **{r["key"]: r for r in changed}}
         blobs = {**self.blobs, **{r["key"]: row_json(r) for r in changed}}
         for key in removed:
@@ -119,24 +126,23 @@ class Board:
             self._files.pop(key, None)
         self.rows, self.blobs = rows, blobs  # reference swaps: other threads see old or new
         self.version += 1
-        return [r["key"] for r in changed], removed
 
     def _refresh(self, key: str, path: Path, mono: float,
                  force: bool = False) -> dict[str, Any] | None:
         old = self.rows.get(key)
         working = old is not None and old.get("state") in _WORKING
         running, due = self._locks.get(key, (False, 0.0))
-        if mono >= due:
+        if mono >= due or force:
             running = daemon_running(path) if os.path.exists(Layout(path).lock) else False
-            due = mono + (LIVE_S if working else QUIET_S)
+            due = mono + (LIVE_S if working else QUIET_S if running else ORPHAN_S)
             self._locks[key] = (running, due)
         files = self._files.get(key)
         if files is None:
             files = self._files[key] = (str(Layout(path).status), str(Layout(path).stop))
-        sig: tuple[Any, ...] = (_stat(files[0]), os.path.exists(files[1]), running)
+        sig: tuple[Any, ...] = (stat_of(files[0]), os.path.exists(files[1]), running)
         if working and old is not None:
             run_dir = Layout(path).iteration_dir(int(old.get("iteration") or 0))
-            sig += (_stat(run_dir / rundir.HEARTBEAT), _stat(run_dir / rundir.METRICS),
+            sig += (stat_of(run_dir / rundir.HEARTBEAT), stat_of(run_dir / rundir.METRICS),
                     due)  # processes may have died: look again every LIVE_S
         if sig == self._sigs.get(key) and not force:
             return None

@@ -11,7 +11,7 @@ from mlsm.hooks import rundir
 from mlsm.hooks.layout import Layout
 from mlsm.machine.views.files import read_from
 from mlsm.machine.views.ui import data
-from mlsm.machine.views.ui.state import Curves, Journal, Sent, _stat, points_update
+from mlsm.machine.views.ui.state import Curves, Journal, Sent, points_update, stat_of
 
 LOG_TAIL = 64 << 10  # a log opens this far from its end
 LOG_CHUNK = 256 << 10  # the most one update carries
@@ -80,14 +80,13 @@ class Viewer:
         layout = Layout(self.dir)
         journal = self.shared.journal(self.dir)
         it = self._iterations[-1] if self._iterations else 0
-        sig = (_stat(layout.status), layout.stop.exists(), journal.offset,
-               _stat(layout.iteration_dir(it) / rundir.HEARTBEAT), _stat(layout.report),
-               _stat(layout.plan), int(time.monotonic() // 2))
+        sig = (stat_of(layout.status), layout.stop.exists(), journal.offset,
+               stat_of(layout.iteration_dir(it) / rundir.HEARTBEAT), stat_of(layout.report),
+               stat_of(layout.plan), int(time.monotonic() // 2))
         if sig == self._sig:
             return None
         self._sig = sig
-        doc = data.experiment_doc(self.key, self.dir, time.time(), b"")
-        doc["timeline"] = data.timeline(journal.events, time.time())
+        doc = data.experiment_doc(self.key, self.dir, time.time(), journal.events)
         self._iterations = doc["iterations"]
         return doc
 
@@ -105,7 +104,7 @@ class Viewer:
         path = log_path(self.dir, self.log, it)
         name = self._log_name(it)
         out: list[Message] = []
-        size = (_stat(path) or (0, 0, 0))[1]
+        size = (stat_of(path) or (0, 0, 0))[1]
         if path != self._log_file or size < self._log_offset:
             self._log_file = path
             self._log_offset = max(0, size - LOG_TAIL)
