@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from mlsm.handlers.inputs import read_text_file
+from mlsm.hooks.layout import Layout
 from mlsm.machine.core.errors import InputError
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -139,7 +140,7 @@ class Idea:
 
 def read_idea(exp_dir: Path) -> Idea:
     """Read and parse IDEA.md; a missing, empty or unreadable file is an InputError."""
-    text, problem = read_text_file(exp_dir / "IDEA.md", "IDEA.md")
+    text, problem = read_text_file(Layout(exp_dir).idea)
     if problem:
         raise InputError(problem)
     if text is None:

@@ -17,6 +17,7 @@ from mlsm.handlers.builtin.runs import Run, latest_space, read_runs
 from mlsm.handlers.builtin.search import STARTUP
 from mlsm.handlers.builtin.space import Param, fmt, tunable
 from mlsm.handlers.builtin.target import Target, read_target
+from mlsm.hooks.layout import Layout
 from mlsm.machine.core import results
 from mlsm.machine.core.results import Row
 
@@ -37,7 +38,7 @@ def run_report(step: Step) -> None:
     plot_curves(step.exp_dir / CURVES_PNG, baseline, best, target)
     facts = Facts(runs, target, latest_space(runs), baseline, best_row, best, idea,
                   script_template(step.exp_dir), step.settings)
-    write_text(step.exp_dir / "REPORT.md", render_report(facts))
+    write_text(Layout(step.exp_dir).report, render_report(facts))
     print(f"report: wrote REPORT.md, {OBJECTIVE_PNG} and {CURVES_PNG} "
           f"({len(target.rows)} iterations)")
 

@@ -19,6 +19,7 @@ from mlsm.handlers.builtin.files import (
 )
 from mlsm.handlers.builtin.idea import match_metric
 from mlsm.handlers.builtin.space import Param, read_space
+from mlsm.hooks import rundir
 
 _EXPLODE = 3.0  # a loss that ends this many times above where it started has diverged
 
@@ -63,7 +64,7 @@ def read_run(exp_dir: Path, iteration: int) -> Run:
     """Read one iteration's files; anything missing is described, never raised."""
     folder = iter_dir(exp_dir, iteration)
     result = read_object(folder / "result.json")
-    exit_doc = read_object(folder / "exit.json")
+    exit_doc = read_object(folder / rundir.EXIT)
     metrics = _result_metrics(result)
     failure = _exit_problem(exit_doc)
     problem, diverged = _diagnose(exit_doc, result, metrics, folder)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from mlsm.hooks.layout import iteration_dir_name
 from mlsm.machine.views.export.base import Experiment, Finished
 from mlsm.machine.views.files import MetricRow
 
@@ -75,7 +76,8 @@ class MlflowTarget:
         tags = {"mlflow.parentRunId": parent, "mlsm.iteration": str(iteration),
                 "mlsm.experiment": exp.name}
         run = self.client.create_run(self._experiment(), start_time=_ms(started),
-                                     run_name=f"{exp.name}/iter_{iteration:03d}", tags=tags)
+                                     run_name=f"{exp.name}/{iteration_dir_name(iteration)}",
+                                     tags=tags)
         return str(run.info.run_id)
 
     def log_metrics(self, run: str, rows: list[MetricRow]) -> None:

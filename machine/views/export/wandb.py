@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mlsm.hooks.layout import iteration_dir_name
 from mlsm.machine.views.export.base import Experiment, Finished
 from mlsm.machine.views.files import MetricRow
 
@@ -72,7 +73,7 @@ class WandbTarget:
     def open_iteration(self, exp: Experiment, parent: str, iteration: int,
                        known: str | None, started: float | None) -> str:
         run_id = known or f"{parent}-i{iteration:03d}-{os.urandom(2).hex()}"
-        self._names[run_id] = (exp.name, f"{exp.name}/iter_{iteration:03d}", "iteration")
+        self._names[run_id] = (exp.name, f"{exp.name}/{iteration_dir_name(iteration)}", "iteration")
         if known is None:
             self._init(run_id, *self._names[run_id])
         return run_id

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mlsm.hooks import rundir
-from mlsm.hooks.layout import Layout
+from mlsm.hooks.layout import Layout, iteration_dir_name
 from mlsm.machine.views.files import read_from
 from mlsm.machine.views.ui import data
 from mlsm.machine.views.ui.state import Curves, Journal, Sent, points_update, stat_of
@@ -125,4 +125,4 @@ class Viewer:
 
     def _log_name(self, it: int) -> str:
         return f"{self.log}.log" if self.log in ("runner", "hooks") else \
-            f"logs/iter_{it:03d}/{self.log}.log"
+            f"logs/{iteration_dir_name(it)}/{self.log}.log"
