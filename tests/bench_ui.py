@@ -70,7 +70,8 @@ for step in range(n):
     opt.zero_grad()
     loss.backward()
     opt.step()
-    hooks.log(step=step, total_steps=n, loss=loss.item())
+    if step % {every} == 0:
+        hooks.log(step=step, total_steps=n, loss=loss.item())
 hooks.result(steps_per_s=n / (time.perf_counter() - t0), goal="maximize")
 '''
 Row = tuple[str, str, str, str, str]  # measurement, trials, median, p99, target/result
@@ -380,11 +381,13 @@ def bench_tb_after(root: Path, steps: int) -> list[Row]:
 
 
 # ----- 3. the training loop --------------------------------------------------------------------
-def loop_speed(root: Path, label: str, k: int, flags: list[str], steps: int) -> float:
-    d = root / f"loop-{label}-{k}"
+def loop_speed(root: Path, label: str, k: int, flags: list[str], steps: int,
+               every: int) -> float:
+    d = root / f"loop-{label}-{every}-{k}"
     d.mkdir()
     (d / "IDEA.md").write_text("x\n")
-    extra = {"FAKE_TRAIN_BODY": MLP_TRAIN.format(steps=steps), "WANDB_DIR": str(root / "wb")}
+    extra = {"FAKE_TRAIN_BODY": MLP_TRAIN.format(steps=steps, every=every),
+             "WANDB_DIR": str(root / "wb")}
     done = mlsm("run", d, "--agent", "command", "--agent-cmd", AGENT, "--max-iterations", "1",
                 *flags, extra_env=extra)
     if done.returncode != 0:
@@ -393,23 +396,27 @@ def loop_speed(root: Path, label: str, k: int, flags: list[str], steps: int) -> 
     return float(result["metrics"]["steps_per_s"])
 
 
-def bench_loop(root: Path, rounds: int, steps: int) -> list[Row]:
+def bench_loop(root: Path, rounds: int, steps: int, every: int,
+               trackers: tuple[str, ...] = ("mlflow", "wandb", "tensorboard")) -> list[Row]:
     try:
         import torch  # noqa: F401
     except ImportError:
         return [("training loop", "-", "-", "-", "skipped: torch is not installed")]
     configs = {"none": [], "--mlflow": ["--mlflow", f"sqlite:///{root / 'loop.db'}"],
                "--wandb": ["--wandb"], "--tensorboard": ["--tensorboard"]}
+    configs = {k: v for k, v in configs.items() if k == "none" or k.strip("-") in trackers}
     speeds: dict[str, list[float]] = {k: [] for k in configs}
     for k in range(rounds):
         for label, flags in configs.items():  # alternating: drift hits every config alike
-            speeds[label].append(loop_speed(root, label.strip("-"), k, flags, steps))
+            speeds[label].append(loop_speed(root, label.strip("-"), k, flags, steps, every))
     base = p50(speeds["none"])
     rows: list[Row] = []
     for label, xs in speeds.items():
         change = 100 * (base / p50(xs) - 1)
         spread = 100 * (max(xs) - min(xs)) / p50(xs)
-        rows.append((f"tiny-MLP loop under `mlsm run`, {label}", str(len(xs)),
+        often = "step" if every == 1 else f"{every} steps"
+        rows.append((f"tiny-MLP loop, `hooks.log` every {often}, under `mlsm run` {label}",
+                     str(len(xs)),
                      f"{p50(xs):,.0f} steps/s", f"spread {spread:.1f} %",
                      "baseline" if label == "none" else f"slowdown {change:+.1f} %"))
     return rows
@@ -436,6 +443,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer trials, shorter windows")
     ap.add_argument("--n", type=int, default=200, help="experiments in the overview")
     ap.add_argument("--only", choices=("page", "daemon", "export", "loop"), action="append")
+    ap.add_argument("--trackers", default="mlflow,wandb,tensorboard",
+                    help="which to compare in the training-loop figures")
+    ap.add_argument("--every", default="1,10", help="hooks.log every N steps, for each N")
     args = ap.parse_args()
     trials, idle_s, rounds = (10, 10.0, 2) if args.quick else (50, 60.0, 5)
     parts = set(args.only or ("page", "daemon", "export", "loop"))
@@ -454,7 +464,9 @@ def main() -> int:
             rows += bench_export(root, 5, 2000)
             rows += bench_tb_after(root, 2000)
         if "loop" in parts:
-            rows += bench_loop(root, rounds, 20_000 if args.quick else 40_000)
+            for every in map(int, args.every.split(",")):
+                rows += bench_loop(root, rounds, 20_000 if args.quick else 40_000, every,
+                                   tuple(args.trackers.split(",")))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     cpu = platform.processor() or platform.machine()

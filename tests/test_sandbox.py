@@ -207,11 +207,26 @@ def _quiet(path: Path) -> bool:
         return True
 
 
-def _kill_writers(marker: Path) -> None:
-    for proc in local.psutil.process_iter(["pid", "cmdline"]):
-        with contextlib.suppress(local.psutil.Error):
-            if any(str(marker) in part for part in proc.info["cmdline"] or []):
+def _kill_writers(marker: Path, exp: Path) -> None:
+    """After a failed assertion: kill what still writes `marker` or carries `exp`'s tag."""
+    for _ in range(50):  # a pid hopper needs a few rounds (its group catches it)
+        found = [p for p in local.psutil.process_iter(["pid", "cmdline", "environ"])
+                 if _writes(p.info, marker, exp)]
+        for proc in found:
+            with contextlib.suppress(local.psutil.Error, OSError):
+                if os.getpgid(proc.pid) != os.getpgrp():
+                    os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
                 proc.kill()
+        if not found:
+            return
+
+
+def _writes(info: dict[str, object], marker: Path, exp: Path) -> bool:
+    cmdline = info.get("cmdline") or []
+    environ = info.get("environ") or {}
+    assert isinstance(cmdline, list) and isinstance(environ, dict)
+    return (any(str(marker) in part for part in cmdline)
+            or environ.get(local.EXPERIMENT_VAR) == str(exp))
 
 
 def test_double_forked_escapee_dies_with_the_run(exp: Experiment, mode: str) -> None:
@@ -222,7 +237,7 @@ def test_double_forked_escapee_dies_with_the_run(exp: Experiment, mode: str) -> 
         died = _wait_quiet(marker)
         assert died == (mode == "bwrap")  # without a pid namespace an untagged orphan lives on
     finally:
-        _kill_writers(marker)
+        _kill_writers(marker, exp.path)
 
 
 def _wait_quiet(marker: Path, timeout: float = 5.0) -> bool:
@@ -260,7 +275,7 @@ def test_pid_hopper_dies_on_stop(exp: Experiment, mode: str) -> None:
         run.signal(signal.SIGTERM)
         run.wait(30)
     finally:
-        _kill_writers(marker)
+        _kill_writers(marker, exp.path)
 
 
 # ----- forged truth --------------------------------------------------------------------------

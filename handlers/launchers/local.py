@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
@@ -225,13 +226,13 @@ class LocalLauncher:
         return True
 
     def kill(self, handle: Handle, grace: float) -> KillReport:
-        return kill_tree(handle, grace, use_group=bool(_pid(handle)))
+        return kill_tree(handle, grace)
 
     def leftovers(self, handle: Handle, grace: float) -> int:
         """The main process has exited: kill whatever of its run is left (its tag remains)."""
         if not handle.get("run_id"):
             return 0
-        return kill_tree({**handle, "pid": 0}, grace, use_group=False).found
+        return kill_tree({**handle, "pid": 0}, grace).found
 
     def usage(self, handle: Handle) -> tuple[int, int]:
         procs = alive(tree(handle))
@@ -249,9 +250,9 @@ class LocalLauncher:
                 if _escaped_from(pid, handle):
                     procs.append(psutil.Process(pid))
         if procs:
-            _signal_all(handle, procs, signal.SIGTERM, use_group=False)
+            _signal_all(procs, signal.SIGTERM)
             left = wait_gone(procs, grace)
-            _signal_all(handle, left, signal.SIGKILL, use_group=False)
+            _signal_all(left, signal.SIGKILL)
             wait_gone(left, 5.0)
             reap_orphans()
         return [p.pid for p in procs]
@@ -273,8 +274,15 @@ class LocalLauncher:
 
 
 # ----- finding and killing trees ---------------------------------------------------------------
-def _scan(needles: Iterable[bytes], since: int | None = None,
-          ) -> tuple[dict[int, list[int]], dict[bytes, set[int]]]:
+class Scan(NamedTuple):
+    """One pass over /proc: children by parent pid, pids carrying each needle, groups by pid."""
+
+    children: dict[int, list[int]]
+    tagged: dict[bytes, set[int]]
+    groups: dict[int, int]
+
+
+def _scan(needles: Iterable[bytes], since: int | None = None) -> Scan:
     """One pass over /proc: children by parent pid, and the pids whose environment has a needle.
 
     The tags live in the environment, so they survive setsid and re-parenting; one pass keeps
@@ -283,8 +291,7 @@ def _scan(needles: Iterable[bytes], since: int | None = None,
     environment is not read: on a busy machine that is nearly every process.
     """
     wanted = tuple(needles)
-    children: dict[int, list[int]] = {}
-    tagged: dict[bytes, set[int]] = {n: set() for n in wanted}
+    scan = Scan({}, {n: set() for n in wanted}, {})
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -293,16 +300,17 @@ def _scan(needles: Iterable[bytes], since: int | None = None,
             with open(f"/proc/{pid}/stat", "rb") as fh:
                 stat = fh.read()
             fields = stat[stat.rindex(b")") + 2:].split()
-            children.setdefault(int(fields[1]), []).append(pid)
+            scan.children.setdefault(int(fields[1]), []).append(pid)
+            scan.groups[pid] = int(fields[2])
             if wanted and (since is None or int(fields[19]) >= since):
                 with open(f"/proc/{pid}/environ", "rb") as fh:
                     names = fh.read().split(b"\0")
                 for needle in wanted:
                     if needle in names:
-                        tagged[needle].add(pid)
-        except (OSError, ValueError):
+                        scan.tagged[needle].add(pid)
+        except (OSError, ValueError, IndexError):
             continue
-    return children, tagged
+    return scan
 
 
 def _descendants(roots: Iterable[int], children: Mapping[int, list[int]]) -> set[int]:
@@ -318,19 +326,34 @@ def _descendants(roots: Iterable[int], children: Mapping[int, list[int]]) -> set
 
 def tree(handle: Handle) -> list[psutil.Process]:
     """The recorded process, its descendants, and every process tagged with its run (and theirs)."""
+    return _targets(handle)[0]
+
+
+def _targets(handle: Handle, group: int = 0) -> tuple[list[psutil.Process], int]:
+    """`tree`, plus every member of the run's process group; and that group (0: none).
+
+    The group counts only once one of the run's own processes was seen in it (or when the
+    caller already saw one: `group`): a forged handle cannot aim a killpg, and a group whose
+    members are all gone may one day be someone else's.
+    """
     needles = _tags(handle) if handle.get("run_id") else []
     since = handle.get("start_ticks") if handle.get("boot_id") == boot_id() else None
-    children, tagged = _scan(needles, since if isinstance(since, int) else None)
-    roots = set.intersection(*(tagged[n] for n in needles)) if needles else set()
+    scan = _scan(needles, since if isinstance(since, int) else None)
+    roots = set.intersection(*(scan.tagged[n] for n in needles)) if needles else set()
     if same_process(handle):
         roots.add(_pid(handle))
-    pids = _descendants(roots, children)
+    pids = _descendants(roots, scan.children)
+    pgid = handle.get("pgid")
+    if not group and isinstance(pgid, int) and any(scan.groups.get(p) == pgid for p in pids):
+        group = pgid
+    if group:
+        pids |= {pid for pid, g in scan.groups.items() if g == group}
     pids.discard(os.getpid())
     procs = []
     for pid in pids:
         with contextlib.suppress(psutil.Error):
             procs.append(psutil.Process(pid))
-    return procs
+    return procs, group if group > 1 and group != os.getpgrp() else 0
 
 
 def _rss(pid: int) -> int:
@@ -342,13 +365,11 @@ def _rss(pid: int) -> int:
         return 0
 
 
-def _signal_all(handle: Handle, procs: Iterable[psutil.Process], sig: int,
-                use_group: bool) -> None:
-    pgid = handle.get("pgid")
-    # Only the group of a process verified as ours: a forged handle cannot aim a killpg.
-    if use_group and isinstance(pgid, int) and pgid > 1 and same_process(handle):
+def _signal_all(procs: Iterable[psutil.Process], sig: int, group: int = 0) -> None:
+    """Signal `group` (0: none) as a whole, then each of `procs`."""
+    if group:
         with contextlib.suppress(OSError):
-            os.killpg(pgid, sig)
+            os.killpg(group, sig)
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.send_signal(sig)
@@ -377,21 +398,26 @@ def wait_gone(procs: list[psutil.Process], timeout: float,
     return left
 
 
-def kill_tree(handle: Handle, grace: float, use_group: bool = True) -> KillReport:
-    """SIGTERM the whole tree, wait `grace`, SIGKILL what is left. One /proc pass per round."""
-    procs = alive(tree(handle))
-    if not procs and not use_group:
+def kill_tree(handle: Handle, grace: float) -> KillReport:
+    """SIGTERM the whole tree, wait `grace`, SIGKILL what is left. One /proc pass per round.
+
+    The run's group gets the SIGKILL whatever the look after the grace found: a pid hopper
+    (a process that forks and exits faster than /proc can be read) is missed by a signal aimed
+    at the pid that was read, but not by one aimed at its group.
+    """
+    procs, group = _targets(handle)
+    procs = alive(procs)
+    if not procs:
         return KillReport(0)
-    _signal_all(handle, procs, signal.SIGTERM, use_group)
+    _signal_all(procs, signal.SIGTERM, group)
     left = wait_gone(procs, grace)
-    # A child may have forked during the grace period: look again before the KILL.
-    left = alive({p.pid: p for p in [*left, *tree(handle)]}.values())
-    rounds = 0
-    while left and rounds < KILL_ROUNDS:  # a pid hopper forks anew between scan and kill
-        _signal_all(handle, left, signal.SIGKILL, use_group)
-        gone_now = wait_gone(left, 5.0)
-        left = alive({p.pid: p for p in [*gone_now, *tree(handle)]}.values())
-        rounds += 1
+    for rounds in range(KILL_ROUNDS):  # a pid hopper forks anew between scan and kill
+        again, _ = _targets(handle, group)
+        left = alive({p.pid: p for p in [*left, *again]}.values())
+        if not left and (rounds or not group):
+            break
+        _signal_all(left, signal.SIGKILL, group)
+        left = wait_gone(left, 5.0)
     reap_orphans()
     return KillReport(len(procs), len(left))
 
@@ -399,7 +425,7 @@ def kill_tree(handle: Handle, grace: float, use_group: bool = True) -> KillRepor
 def strays(experiment: Path, keep: Iterable[str]) -> dict[str, list[int]]:
     """Processes tagged with `experiment` whose run is not in `keep`: run id → pids."""
     needle = f"{EXPERIMENT_VAR}={experiment}".encode()
-    _, tagged = _scan([needle])
+    tagged = _scan([needle]).tagged
     keep_set = set(keep)
     out: dict[str, list[int]] = {}
     for pid in sorted(tagged[needle] - {os.getpid()}):

@@ -59,6 +59,7 @@ class Target(Protocol):
 
     name: str
     destination: str  # the tracking URI or folder: state is kept per destination
+    live: bool  # metrics of a running iteration go out while it trains (else when it ends)
 
     def open_parent(self, exp: Experiment, known: str | None) -> str:
         """Create (or, given `known`, reopen) the experiment's parent run; its id."""
@@ -141,7 +142,8 @@ class Exporter:
 
     def _iteration(self, exp: Experiment, it: int) -> None:
         entry = self.ledger.iteration(it)
-        if entry.get("closed"):
+        row = next((r for r in exp.status.history if r.iteration == it), None)
+        if entry.get("closed") or (row is None and not self.target.live):
             return
         run_dir = Layout(self.dir).iteration_dir(it)
         if entry.get("run") not in self._attached:
@@ -152,7 +154,6 @@ class Exporter:
         if self._replaced(entry, run_dir / rundir.METRICS):
             entry = self._new_attempt(exp, it, entry)
         self._metrics(entry, run_dir / rundir.METRICS)
-        row = next((r for r in exp.status.history if r.iteration == it), None)
         if row is not None and _settled(exp.status, row):
             self.target.close_iteration(entry["run"], finished(run_dir, row))
             entry["closed"] = True

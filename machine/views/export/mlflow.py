@@ -33,6 +33,7 @@ class MlflowTarget:
     """Writes to one tracking URI (file, sqlite, http...)."""
 
     name = "mlflow"
+    live = True  # the MLflow UI shows a running iteration's curves
 
     def __init__(self, uri: str) -> None:
         from mlflow.tracking import MlflowClient

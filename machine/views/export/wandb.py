@@ -33,6 +33,7 @@ class WandbTarget:
     """Offline runs under `folder`/wandb/."""
 
     name = "wandb"
+    live = False  # offline: nobody sees it before `wandb sync`, so it goes when training ends
 
     def __init__(self, folder: Path) -> None:
         import wandb
