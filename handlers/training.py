@@ -101,8 +101,6 @@ class TrainingRun(SupervisedRun):
         env, self.withheld = training_env(os.environ, self.config.train_env)
         env.update(MLSM_RUN_DIR=str(self.run_dir), MLSM_DIR=str(self.layout.root),
                    MLSM_ITERATION=str(self.iteration))
-        if self.config.tensorboard:
-            env["MLSM_TENSORBOARD"] = "1"
         if self.resumed:
             env["MLSM_RESUMED"] = "1"  # hooks.resumed(): load from hooks.checkpoint_dir()
         if self.devices is not None:  # NVML's numbering, which CUDA follows in PCI order

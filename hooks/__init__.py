@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from types import FrameType, ModuleType
     from typing import Any
 
-    from ._tb import Mirror
 
 __all__ = [
     "Params",
@@ -67,7 +66,6 @@ _monotonic = time.monotonic  # a module global: the fast paths skip one attribut
 _RUN_DIR: str | None = None
 _INTERVAL = 1.0
 _FLUSH_EVERY = 1.0
-_TB = False
 _BOOT_ID = ""  # this boot's id, written beside each heartbeat's CLOCK_BOOTTIME
 _COMPILED = False  # log() is the compiled Recorder's: _speedups built, MLSM_HOOKS_COMPILED != 0
 _RANK = 0  # $RANK under torchrun (or srun): only rank 0 writes metrics, params and the result
@@ -90,7 +88,6 @@ _step: Any = None
 _total: int | None = None
 _lock = RLock()
 _metrics: _io.Appender | None = None
-_mirror: Mirror | None = None
 _FLOAT = {float}
 _formats: dict[tuple[str, ...], str] = {}  # metrics.jsonl line template per key set
 
@@ -226,7 +223,7 @@ def _tick(step: Any, now: float) -> None:
 
 
 def flush() -> None:
-    """Write the buffered metrics to metrics.jsonl (and the TensorBoard mirror) now."""
+    """Write the buffered metrics to metrics.jsonl now."""
     global _next_flush
     with _lock:
         _next_flush = _monotonic() + _FLUSH_EVERY
@@ -234,13 +231,10 @@ def flush() -> None:
         if not len(_buf) or _metrics is None:
             return
         offset = time.time() - _monotonic()  # buffered times are monotonic: convert at once
-        if _rec is not None and not _TB:
+        if _rec is not None:
             _metrics.append("".join(_texts(_rec.drain(offset), offset)))
             return
-        rows = _take()
-        _metrics.append(_encode(rows, offset))
-        if _TB:
-            _mirror_rows(rows, offset)
+        _metrics.append(_encode(_take(), offset))
 
 
 def _take() -> list[tuple[Any, float, dict[str, Any]]]:
@@ -490,20 +484,6 @@ def _fmt(value: float | str | None) -> str:
     return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{value:.4g}"
 
 
-def _mirror_rows(rows: list[tuple[Any, float, dict[str, Any]]], offset: float) -> None:
-    """Copy flushed rows to TensorBoard; any failure turns the mirror off, never the training."""
-    global _TB, _mirror
-    try:
-        if _mirror is None:
-            from ._tb import Mirror
-
-            _mirror = Mirror(_path("tb"))
-        _mirror.write([(step, mono + offset, ms) for step, mono, ms in rows])
-    except Exception as exc:  # TensorBoard is optional and foreign: it must not stop training
-        _TB = False
-        _io.warn_once("tb/ (the TensorBoard mirror is off)", exc)
-
-
 def _read_overrides() -> dict[str, Any]:
     """params.json as a dict; absent means no overrides, unreadable is the agent's error."""
     import json
@@ -565,7 +545,7 @@ def _whole(name: str) -> int | None:
 
 def _configure() -> None:
     """Read the environment once: with MLSM_RUN_DIR every hook writes there, else none does."""
-    global _RUN_DIR, _INTERVAL, _FLUSH_EVERY, _TB, _COMPILED, _BOOT_ID, _RANK, _WORLD, _RESUMED
+    global _RUN_DIR, _INTERVAL, _FLUSH_EVERY, _COMPILED, _BOOT_ID, _RANK, _WORLD, _RESUMED
     raw = os.environ.get("MLSM_RUN_DIR", "")
     # An agent step (MLSM_ROLE set) also has MLSM_RUN_DIR: a script it runs must not write
     # heartbeats, metrics or a result into the training's folder.
@@ -575,7 +555,6 @@ def _configure() -> None:
     _FLUSH_EVERY = _seconds("MLSM_FLUSH_INTERVAL", 1.0)
     _RANK, _WORLD = _whole("RANK") or 0, _whole("WORLD_SIZE")
     _RESUMED = _RUN_DIR is not None and os.environ.get("MLSM_RESUMED") == "1"
-    _TB = os.environ.get("MLSM_TENSORBOARD") == "1" and not _RANK
     _BOOT_ID = _read_boot_id() if _RUN_DIR is not None else ""
     _COMPILED = _speedups is not None and os.environ.get("MLSM_HOOKS_COMPILED") != "0"
     _reset()
@@ -583,7 +562,7 @@ def _configure() -> None:
 
 def _reset() -> None:
     """Fresh state for this process: a forked child must not write the rows its parent logged."""
-    global _on, _next_beat, _next_flush, _buf, _rec, _lock, _metrics, _mirror, log
+    global _on, _next_beat, _next_flush, _buf, _rec, _lock, _metrics, log
     _on = _RUN_DIR is not None
     _next_beat = 0.0 if _on else math.inf  # the first beat writes at once
     _next_flush = _monotonic() + _FLUSH_EVERY if _on else math.inf
@@ -598,7 +577,6 @@ def _reset() -> None:
     _set_due()
     _lock = RLock()  # another thread may have held the parent's at fork time
     _metrics = _io.Appender(_path(rundir.METRICS)) if _on and not _RANK else None
-    _mirror = None  # a SummaryWriter's thread does not survive fork
 
 
 def _install() -> None:
@@ -639,10 +617,6 @@ def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
 
 def _at_exit() -> None:
     flush()
-    # TensorBoard's own failure at exit must not mask the training's exit status
-    with contextlib.suppress(Exception):
-        if _mirror is not None:
-            _mirror.close()
 
 
 _configure()

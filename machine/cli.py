@@ -361,8 +361,11 @@ def ui(paths: tuple[Path, ...], host: str | None, port: int, token: str | None) 
 @click.option("--wandb", "use_wandb", is_flag=True,
               help="Export to W&B offline runs under $WANDB_DIR, else beside DIR (then `wandb "
                    "sync`).")
-def export(dir: Path, mlflow_uri: str | None, use_wandb: bool) -> None:
-    """Export an experiment to MLflow or W&B from its files (again: only what is new).
+@click.option("--tensorboard", "use_tensorboard", is_flag=True,
+              help="Write TensorBoard event files into each DIR/logs/iter_NNN/tb.")
+def export(dir: Path, mlflow_uri: str | None, use_wandb: bool, use_tensorboard: bool) -> None:
+    """Export an experiment to MLflow, W&B or TensorBoard from its files (again: only what
+    is new).
 
     Each iteration becomes a run (params, metrics, result, train.py, the decision); MLflow
     nests them under one run per experiment. What went out is kept in DIR/.mlsm/export_*.json.
@@ -372,8 +375,9 @@ def export(dir: Path, mlflow_uri: str | None, use_wandb: bool) -> None:
     _require_dir(dir)
     targets = [("mlflow", mlflow_uri)] if mlflow_uri else []
     targets += [("wandb", "")] if use_wandb else []
+    targets += [("tensorboard", "")] if use_tensorboard else []
     if not targets:
-        fail(MlsmError("name a tracker: --mlflow [URI] or --wandb"))
+        fail(MlsmError("name a tracker: --mlflow [URI], --wandb or --tensorboard"))
     code = ExitCode.OK
     for name, setting in targets:
         try:

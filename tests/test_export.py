@@ -221,10 +221,39 @@ def _tags(doc: dict[str, Any]) -> list[str]:
     return [t for part in [doc] for t in getattr(part["run"], "tags", [])]
 
 
+# ----- TensorBoard ---------------------------------------------------------------------------
+def tb_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = accumulator.EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_from_the_files_and_again_with_export(exp: Experiment) -> None:
+    """--tensorboard writes each iteration's curves from metrics.jsonl, outside the training:
+    every step once, the result at the last step; `mlsm export` again adds nothing."""
+    pytest.importorskip("tensorboard")
+    run_to_done(exp, "--tensorboard")
+    for it in (1, 2):
+        tb = exp.path / "logs" / f"iter_{it:03d}" / "tb"
+        got = tb_scalars(tb)
+        assert [s for s, _ in got["loss"]] == list(range(250))
+        assert got["loss"][0][1] == pytest.approx(1.0 / it)
+        assert [s for s, _ in got["acc"]] == list(range(250))
+        assert got["result/loss"] == [(249, pytest.approx(1.0 / (it + 1)))]
+    files = sorted(p.name for p in exp.path.glob("logs/iter_*/tb/*"))
+    again = Mlsm(["export", str(exp.path), "--tensorboard"], exp.path.parent, exp.env)
+    assert again.wait(120) == 0, again.output()
+    assert sorted(p.name for p in exp.path.glob("logs/iter_*/tb/*")) == files
+    assert [s for s, _ in tb_scalars(exp.path / "logs" / "iter_001" / "tb")["loss"]] == \
+        list(range(250))
+
+
 def test_export_needs_a_tracker_and_an_experiment(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLSM_", "FAKE_"))}
     (tmp_path / "e").mkdir()
     none = Mlsm(["export", str(tmp_path / "e")], tmp_path, env)
-    assert none.wait(30) == 3 and "--mlflow [URI] or --wandb" in none.output()
+    assert none.wait(30) == 3 and "--mlflow [URI], --wandb or --tensorboard" in none.output()
     early = Mlsm(["export", str(tmp_path / "e"), "--wandb"], tmp_path, env)
     assert early.wait(30) == 3 and "no status.json" in early.output()

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from mlsm import hooks
-from mlsm.hooks import _tb
 
 HOOKS_ENV = ("MLSM_RUN_DIR", "MLSM_HEARTBEAT_INTERVAL", "MLSM_FLUSH_INTERVAL", "MLSM_TENSORBOARD")
 
@@ -440,33 +439,6 @@ def test_failed_writes_warn_once_and_training_goes_on(tmp_path: Path) -> None:
     warnings = done.stderr.splitlines()
     assert len(warnings) == 5, done.stderr  # heartbeat, metrics, space, params_used, result
     assert all(w.startswith("mlsm.hooks: could not write") for w in warnings)
-
-
-def test_tensorboard_mirror_holds_the_flushed_scalars(tmp_path: Path) -> None:
-    pytest.importorskip("torch.utils.tensorboard")
-    code = """
-        from mlsm import hooks
-        for step in range(3):
-            hooks.log(step=step, loss=1.0 / (step + 1))
-    """
-    done = run_child(code, tmp_path, tmp_path, MLSM_TENSORBOARD="1")
-    assert done.returncode == 0, done.stderr
-    assert scalars(tmp_path / "tb", "loss") == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
-
-
-def test_tensorboard_without_torch_writes_event_files(tmp_path: Path) -> None:
-    pytest.importorskip("tensorboard")
-    writer = _tb._EventWriter(str(tmp_path))
-    writer.add_scalar("loss", 0.5, 4, 1.0)
-    writer.close()
-    assert scalars(tmp_path, "loss") == [(4, 0.5)]
-
-
-def scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
-    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    events = accumulator.EventAccumulator(str(log_dir))
-    events.Reload()
-    return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
 # --- params ---------------------------------------------------------------------------------

@@ -81,7 +81,9 @@ OPTIONS: tuple[Option, ...] = (
            "Extra environment variable names passed to training (secrets are withheld)."),
     Option("objective", "str", None, "Metric to optimise (default: the first in result.json)."),
     Option("goal", "choice", None, "Direction of the objective.", GOALS),
-    Option("tensorboard", "bool", False, "Mirror hooks.log metrics to TensorBoard files."),
+    Option("tensorboard", "bool", False,
+           "Write each iteration's metrics as TensorBoard files (logs/iter_NNN/tb), from the "
+           "daemon, not the training loop."),
     Option("poll", "bool", False, "Poll the filesystem instead of inotify (network mounts)."),
     Option("poll_interval", "float", 1.0, "Seconds between polls with --poll.", minimum=0.05),
     Option("max_parallel", "int", 0, "Experiments training at once (0: no limit).", minimum=0),

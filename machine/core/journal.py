@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import IO, Any
 
-import structlog
+
+@contextlib.contextmanager
+def _hidden(*modules: str) -> Iterator[None]:
+    """Make `modules` unimportable for the duration (an import of one raises ImportError)."""
+    hidden = [m for m in modules if m not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for name in hidden:
+            sys.modules.pop(name, None)
+
+
+# structlog imports rich (and, through it, pygments and attrs) whenever rich is installed, for
+# pretty tracebacks this module never asks for: 4 MB of the idle daemon's memory
+# (tests/bench_core.py). rich stays importable afterwards for the views that draw with it.
+with _hidden("rich", "better_exceptions"):
+    import structlog
 
 _console_lock = threading.Lock()
 _LEVEL_ORDER = {"debug": 0, "info": 1, "warning": 2, "error": 3, "critical": 4}

@@ -34,7 +34,7 @@ def build(dirs: Sequence[Path], flags: Mapping[str, Any], discover: bool,
         from mlsm.machine.views.notify import Notifier
 
         out.append(Notifier(catalog, main.notify, console))
-    if any(c.mlflow or c.wandb for c in configs):  # with --discover: the flag or MLSM_*
+    if any(c.mlflow or c.wandb or c.tensorboard for c in configs):  # --discover: flag or MLSM_*
         from mlsm.machine.views.export import Follower
 
         out.append(Follower(catalog, flags, console))

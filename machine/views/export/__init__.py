@@ -1,7 +1,9 @@
-"""Trackers fed from the files, after the fact: `--mlflow`, `--wandb` and `mlsm export`.
+"""Trackers fed from the files, after the fact: `--mlflow`, `--wandb`, `--tensorboard` and
+`mlsm export`.
 
-`base.py` follows an experiment's files; one module per tracker (`mlflow.py`, `wandb.py`)
-implements `base.Target`. The daemon runs `Follower`, a thread that never touches an engine.
+`base.py` follows an experiment's files; one module per tracker (`mlflow.py`, `wandb.py`,
+`tensorboard.py`) implements `base.Target`. The daemon runs `Follower`, a thread that never
+touches an engine.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from mlsm.machine.core.errors import ConfigError, MlsmError
 from mlsm.machine.views.catalog import Catalog
 from mlsm.machine.views.export.base import Exporter, Target, sync_quietly
 
-TARGETS = ("mlflow", "wandb")
+TARGETS = ("mlflow", "wandb", "tensorboard")
 INTERVAL_S = 2.0
 BACKOFF_S = 30.0  # after a failure, leave that tracker alone this long
 FINAL_PASS_S = 120.0  # the most a stopping daemon waits for the last export
@@ -34,6 +36,8 @@ def wanted(config: Config) -> list[tuple[str, str]]:
         out.append(("mlflow", config.mlflow))
     if config.wandb:
         out.append(("wandb", ""))
+    if config.tensorboard:
+        out.append(("tensorboard", ""))
     return out
 
 
@@ -49,6 +53,10 @@ def make_target(name: str, setting: str, exp_dir: Path) -> Target:
 
         os.environ.setdefault("WANDB_SILENT", "true")
         return wandb.WandbTarget(wandb.default_folder(exp_dir))
+    if name == "tensorboard":
+        from mlsm.machine.views.export import tensorboard
+
+        return tensorboard.TensorboardTarget()
     raise ConfigError(f"unknown tracker {name!r} (known: {', '.join(TARGETS)})")
 
 
