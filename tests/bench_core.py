@@ -742,13 +742,18 @@ def run_section(ctx: Ctx, title: str, fn: Callable[[Ctx], list[Row]]) -> list[Ro
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few trials (< 90 s)")
-    sizes = QUICK if parser.parse_args().quick else Sizes()
+    parser.add_argument("--only", action="append", metavar="WORD",
+                        help="only the sections whose title has WORD (repeatable)")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else Sizes()
+    sections = [(t, fn) for t, fn in SECTIONS
+                if not args.only or any(w.lower() in t.lower() for w in args.only)]
     reaper = become_subreaper()
     header = f"{versions()}\n\n{cpu()}; {proc_count()} processes at start"
     started = time.monotonic()
     rows: list[Row] = []
     with context(sizes) as ctx:
-        for title, fn in SECTIONS:
+        for title, fn in sections:
             rows += run_section(ctx, title, fn)
     header += f", {proc_count()} at the end; the benchmark " + (
         "is a child subreaper and reaps orphans between trials" if reaper

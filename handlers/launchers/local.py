@@ -418,7 +418,9 @@ def kill_tree(handle: Handle, grace: float) -> KillReport:
     for rounds in range(KILL_ROUNDS):  # a pid hopper forks anew between scan and kill
         again, _ = _targets(handle, group)
         left = alive({p.pid: p for p in [*left, *again]}.values())
-        if not left and (rounds or not group):
+        if not left:
+            if group and not rounds:
+                _signal_all([], signal.SIGKILL, group)  # a member this look missed
             break
         _signal_all(left, signal.SIGKILL, group)
         left = wait_gone(left, 5.0)
