@@ -94,4 +94,10 @@ def main(args: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    # No interpreter teardown (15 ms here): a STOP waits for this process to be gone, and
+    # everything it wrote is closed already.
+    os._exit(code)
