@@ -60,6 +60,8 @@ ENV_BACKOFF_MAX_S = 60.0
 AGENT_ROLE: dict[State, Role] = {State.PLANNING: "plan", State.CODING: "code",
                                  State.ANALYZING: "analyze", State.REPORTING: "report"}
 
+BACKGROUND_NICE = 10
+
 
 class _Model:
     """The object transitions drives; its conditions read status.previous/failed_state."""
@@ -987,7 +989,8 @@ class Experiment:
     def _start_commit(self, iteration: int, run_dir: Path) -> None:
         """Commit what this iteration runs, on a worker while it trains (git takes ~25 ms)."""
         if self._committer is None:
-            self._committer = ThreadPoolExecutor(1, thread_name_prefix="provenance")
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="provenance",
+                                                 initializer=_background)
         self._commits[iteration] = self._committer.submit(self._commit, iteration, run_dir)
 
     def _set_aside_forgeries(self, run_dir: Path) -> None:
@@ -1114,3 +1117,10 @@ class Experiment:
         self._sink.close()
         if self._lock_fh is not None:
             self._lock_fh.close()
+
+
+def _background() -> None:
+    """Lower this thread's priority, and so its git processes' (they inherit it): provenance
+    must not take a CPU from the training it records."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import select
 import signal
@@ -30,8 +31,13 @@ REATTACH_POLL_S = 0.25
 # Our own Popen children: the orphan reaper must never reap one (Popen.wait owns its status).
 _owned: set[int] = set()
 _owned_lock = threading.Lock()
+# Runs this process spawned while a subreaper: each of their processes is under its main
+# process or, orphaned, adopted by us, so a look at our own subtree finds them all.
+_launched: set[str] = set()
+_subreaper = False
 
 
+@functools.cache
 def boot_id() -> str:
     """This boot's id: a recorded pid from another boot is never the same process."""
     try:
@@ -189,6 +195,7 @@ class LocalLauncher:
                     os.close(err)
         finally:
             os.close(out)
+        _launched.add(run_id)
         handle: Handle = {
             "launcher": self.name, "pid": popen.pid, "pgid": popen.pid,
             "start_ticks": start_ticks(popen.pid), "boot_id": boot_id(), "run_id": run_id,
@@ -282,27 +289,27 @@ class Scan(NamedTuple):
     groups: dict[int, int]
 
 
-def _scan(needles: Iterable[bytes], since: int | None = None) -> Scan:
+def _scan(needles: Iterable[bytes], since: int | None = None,
+          pids: Iterable[int] | None = None) -> Scan:
     """One pass over /proc: children by parent pid, and the pids whose environment has a needle.
 
     The tags live in the environment, so they survive setsid and re-parenting; one pass keeps
     the cost at one read per process however large the tree is. A process that started before
     `since` (clock ticks since boot: the run's own start) cannot carry the run's tags, so its
-    environment is not read: on a busy machine that is nearly every process.
+    environment is not read: on a busy machine that is nearly every process. `pids`: look
+    only at these (default: every process).
     """
     wanted = tuple(needles)
     scan = Scan({}, {n: set() for n in wanted}, {})
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        pid = int(name)
+    every = (int(name) for name in os.listdir("/proc") if name.isdigit())
+    for pid in every if pids is None else pids:
         try:
-            stat = _read_proc(f"/proc/{name}/stat", 4096)
+            stat = _read_proc(f"/proc/{pid}/stat", 4096)
             fields = stat[stat.rindex(b")") + 2:].split()
             scan.children.setdefault(int(fields[1]), []).append(pid)
             scan.groups[pid] = int(fields[2])
             if wanted and (since is None or int(fields[19]) >= since):
-                names = _read_proc(f"/proc/{name}/environ").split(b"\0")
+                names = _read_proc(f"/proc/{pid}/environ").split(b"\0")
                 for needle in wanted:
                     if needle in names:
                         scan.tagged[needle].add(pid)
@@ -331,6 +338,31 @@ def _descendants(roots: Iterable[int], children: Mapping[int, list[int]]) -> set
     return out
 
 
+def _subtree_roots(handle: Handle) -> list[int] | None:
+    """Where every process of a run we spawned is, while we are a subreaper: under its main
+    process, or among the orphans we adopted. None: anywhere (look at every process)."""
+    if not _subreaper or handle.get("run_id") not in _launched:
+        return None
+    with _owned_lock:
+        adopted = _children() - _owned  # our own children are other runs' main processes
+    return [*adopted, *([_pid(handle)] if _pid(handle) else [])]
+
+
+def _walk(roots: Iterable[int]) -> set[int]:
+    """`roots` and their descendants, from the kernel's children lists."""
+    out: set[int] = set()
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in out:
+            continue
+        out.add(pid)
+        with contextlib.suppress(OSError, ValueError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                todo.extend(map(int, _read_proc(f"/proc/{pid}/task/{tid}/children").split()))
+    return out
+
+
 def tree(handle: Handle) -> list[psutil.Process]:
     """The recorded process, its descendants, and every process tagged with its run (and theirs)."""
     return _targets(handle)[0]
@@ -345,7 +377,9 @@ def _targets(handle: Handle, group: int = 0) -> tuple[list[psutil.Process], int]
     """
     needles = _tags(handle) if handle.get("run_id") else []
     since = handle.get("start_ticks") if handle.get("boot_id") == boot_id() else None
-    scan = _scan(needles, since if isinstance(since, int) else None)
+    subtree = _subtree_roots(handle)
+    scan = _scan(needles, since if isinstance(since, int) else None,
+                 None if subtree is None else _walk(subtree))
     roots = set.intersection(*(scan.tagged[n] for n in needles)) if needles else set()
     if same_process(handle):
         roots.add(_pid(handle))
@@ -428,10 +462,7 @@ def kill_tree(handle: Handle, grace: float) -> KillReport:
     (a process that forks and exits faster than /proc can be read) is missed by a signal aimed
     at the pid that was read, but not by one aimed at its group.
     """
-    group = _leader_group(handle)
-    if group:
-        _signal_all([], signal.SIGTERM, group)  # at once: the look at /proc takes a while
-    procs, group = _targets(handle, group)
+    procs, group = _targets(handle, _leader_group(handle))
     procs = alive(procs)
     if not procs and not group:
         return KillReport(0)
@@ -502,11 +533,19 @@ def become_subreaper() -> bool:
 
     Where pid 1 does not reap (many containers), orphans would otherwise stay zombies.
     """
+    global _subreaper
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+        ok = int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
+    _subreaper = _subreaper or (ok and _children_listed())
+    return ok
+
+
+def _children_listed() -> bool:
+    """Whether the kernel lists children in /proc (CONFIG_PROC_CHILDREN)."""
+    return os.path.exists(f"/proc/self/task/{threading.get_native_id()}/children")
 
 
 def reap_orphans() -> int:
