@@ -114,7 +114,8 @@ def test_mlflow_survives_a_daemon_killed_mid_iteration(exp: Experiment) -> None:
     uri = f"sqlite:///{exp.path.parent / 'mlflow.db'}"
     exp.write("IDEA.md", "x")
     body = train(steps=600, pause=0.03)
-    first = exp.mlsm("watch", "--max-iterations", "2", "--mlflow", uri, FAKE_TRAIN_BODY=body)
+    first = exp.mlsm("watch", "--max-iterations", "2", "--mlflow", uri, "--mlflow-live",
+                     FAKE_TRAIN_BODY=body)
     ledger = exp.path / ".mlsm" / "export_mlflow.json"
 
     def mid_iteration() -> bool:

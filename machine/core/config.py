@@ -124,6 +124,9 @@ OPTIONS: tuple[Option, ...] = (
            "Token the web UI asks for (default: none on loopback, a printed one elsewhere)."),
     Option("mlflow", "str", None,
            "Export every iteration to MLflow at this tracking URI, from the files."),
+    Option("mlflow_live", "bool", False,
+           "Send a running iteration's metrics to MLflow as they come, not when it ends "
+           "(costs CPU beside the training)."),
     Option("wandb", "bool", False,
            "Export every iteration to W&B in offline mode (`wandb sync` later), from the files."),
     Option("notify", "str", None,
@@ -198,6 +201,7 @@ class Config:
     ui_host: str = "127.0.0.1"
     ui_token: str | None = None
     mlflow: str | None = None
+    mlflow_live: bool = False
     wandb: bool = False
     notify: str | None = None
     slurm_partition: str | None = None

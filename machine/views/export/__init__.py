@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from mlsm.hooks.layout import Layout
 from mlsm.machine.core.config import Config, resolve
@@ -29,25 +29,34 @@ FINAL_PASS_S = 120.0  # the most a stopping daemon waits for the last export
 NICE = 10
 
 
-def wanted(config: Config) -> list[tuple[str, str]]:
-    """(target, setting) for each tracker `config` turns on."""
+class Want(NamedTuple):
+    """A tracker the settings turn on: its name, its setting (a URI, or ""), and whether a
+    running iteration's metrics go out while it trains."""
+
+    name: str
+    setting: str
+    live: bool = False
+
+
+def wanted(config: Config) -> list[Want]:
+    """Each tracker `config` turns on."""
     out = []
     if config.mlflow:
-        out.append(("mlflow", config.mlflow))
+        out.append(Want("mlflow", config.mlflow, config.mlflow_live))
     if config.wandb:
-        out.append(("wandb", ""))
+        out.append(Want("wandb", ""))
     if config.tensorboard:
-        out.append(("tensorboard", ""))
+        out.append(Want("tensorboard", ""))
     return out
 
 
-def make_target(name: str, setting: str, exp_dir: Path) -> Target:
+def make_target(name: str, setting: str, exp_dir: Path, live: bool = False) -> Target:
     """The target `name` for `setting` (`auto`: the tracker's default place)."""
     if name == "mlflow":
         from mlsm.machine.views.export import mlflow
 
         uri = setting if setting and setting != "auto" else mlflow.default_uri(exp_dir)
-        return mlflow.MlflowTarget(uri)
+        return mlflow.MlflowTarget(uri, live)
     if name == "wandb":
         from mlsm.machine.views.export import wandb
 
@@ -90,12 +99,12 @@ class Follower:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._targets: dict[tuple[str, str], Target] = {}
+        self._targets: dict[tuple[str, str, bool], Target] = {}
         self._exporters: dict[tuple[Path, str], Exporter] = {}
         self._seen: dict[tuple[Path, str], tuple[Any, ...]] = {}
         self._resting: dict[tuple[Path, str], float] = {}
         self._said: set[str] = set()
-        self._configs: dict[Path, tuple[Any, list[tuple[str, str]]]] = {}
+        self._configs: dict[Path, tuple[Any, list[Want]]] = {}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mlsm-export", daemon=True)
@@ -122,14 +131,14 @@ class Follower:
         import time
 
         for d in self.catalog.experiments():
-            for name, setting in self._wanted(d):
-                key = (d, name)
+            for want in self._wanted(d):
+                name, key = want.name, (d, want.name)
                 if not final and self._resting.get(key, 0.0) > time.monotonic():
                     continue
                 sig = _signature(d)
                 if sig == self._seen.get(key):
                     continue
-                exporter = self._exporter(d, name, setting)
+                exporter = self._exporter(d, want)
                 if exporter is None:
                     continue
                 _ended, error = sync_quietly(exporter)
@@ -140,7 +149,7 @@ class Follower:
                 else:
                     self._seen[key] = sig
 
-    def _wanted(self, d: Path) -> list[tuple[str, str]]:
+    def _wanted(self, d: Path) -> list[Want]:
         """The trackers `d` asks for (flag > env > its mlsm.toml), read again when the
         toml changes."""
         toml = Layout(d).toml
@@ -157,24 +166,25 @@ class Follower:
             self._configs[d] = cached
         return cached[1]
 
-    def _exporter(self, d: Path, name: str, setting: str) -> Exporter | None:
-        key = (d, name)
+    def _exporter(self, d: Path, want: Want) -> Exporter | None:
+        key = (d, want.name)
         if key not in self._exporters:
             try:
-                target = self._target(name, setting, d)
+                target = self._target(want, d)
             except ImportError:
-                self._say(str(_missing(name)))
+                self._say(str(_missing(want.name)))
                 return None
             except Exception as exc:  # a tracker that cannot even start: say so once
-                self._say(f"mlsm: cannot open {name} for {d}: {type(exc).__name__}: {exc}")
+                self._say(f"mlsm: cannot open {want.name} for {d}: {type(exc).__name__}: {exc}")
                 return None
             self._exporters[key] = Exporter(d, target)
         return self._exporters[key]
 
-    def _target(self, name: str, setting: str, d: Path) -> Target:
-        probe = (name, setting if setting not in ("", "auto") else f"auto:{d.parent}")
+    def _target(self, want: Want, d: Path) -> Target:
+        place = want.setting if want.setting not in ("", "auto") else f"auto:{d.parent}"
+        probe = (want.name, place, want.live)
         if probe not in self._targets:
-            self._targets[probe] = make_target(name, setting, d)
+            self._targets[probe] = make_target(want.name, want.setting, d, want.live)
         return self._targets[probe]
 
     def _say(self, text: str) -> None:
