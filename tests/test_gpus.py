@@ -138,8 +138,8 @@ def test_status_shows_devices_utilisation_and_memory(nvml: Path, tmp_path: Path)
     exp = tmp_path / "exp"
     exp.mkdir()
     (exp / "IDEA.md").write_text("x")
-    handle = LocalLauncher().spawn(Spec(argv=[sys.executable, "-c", "import time; "
-                                              "time.sleep(60)"], cwd=exp, env=dict(os.environ),
+    handle = LocalLauncher().spawn(Spec(argv=[sys.executable, "-c", "import signal; "
+                                              "signal.pause()"], cwd=exp, env=dict(os.environ),
                                         stdout=tmp_path / "out", devices="2,3"))
     try:
         doc = {"schema": 2, "seq": 1, "state": "training", "iteration": 1,
@@ -158,10 +158,10 @@ def test_status_shows_devices_utilisation_and_memory(nvml: Path, tmp_path: Path)
 
 def test_a_process_left_on_the_runs_gpu_is_killed_and_a_strangers_is_not(
         nvml: Path, tmp_path: Path) -> None:
-    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    sleeper = [sys.executable, "-c", "import signal; signal.pause()"]  # until killed
     # A person's own job, started from their shell before the run.
-    shell = subprocess.Popen(["sh", "-c", f"{sys.executable} -c 'import time; "
-                                          f"time.sleep(120)'; true"])
+    shell = subprocess.Popen(["sh", "-c", f"{sys.executable} -c 'import signal; "
+                                          f"signal.pause()'; true"])
     stranger = wait_for(lambda: psutil.Process(shell.pid).children(), 10, "the job")[0]
     launcher = LocalLauncher()
     run = launcher.spawn(Spec(argv=sleeper, cwd=tmp_path, env=dict(os.environ),

@@ -18,10 +18,10 @@ from mlsm.machine.core.errors import ConfigError
 from mlsm.machine.views.notify import check_url, classify, is_budget, post
 
 STALE_TRAIN = '''\
-import time
+import threading
 from mlsm import hooks
 hooks.heartbeat(0)
-time.sleep(600)
+threading.Event().wait()  # hung until killed (a SIGUSR1 stack dump does not end the wait)
 '''
 
 

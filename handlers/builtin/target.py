@@ -12,7 +12,7 @@ from mlsm.handlers.builtin.idea import Criterion, Idea, match_metric
 from mlsm.handlers.builtin.library import Template
 from mlsm.handlers.builtin.runs import Run
 from mlsm.handlers.inputs import read_text_file
-from mlsm.hooks import rundir
+from mlsm.hooks import layout, rundir
 from mlsm.hooks.layout import Layout
 from mlsm.machine.core import results
 from mlsm.machine.core.results import Objective, Row
@@ -130,12 +130,12 @@ def propose(settings: Settings, idea: Idea, template: Template | None,
     declared = declared_result(script) if script else None
     if template is not None:
         name = template.reports(idea.objective) or template.objective
-        where = "IDEA.md" if template.reports(idea.objective) else f"the {template.name} template"
+        where = layout.IDEA if template.reports(idea.objective) else f"the {template.name} template"
         return _objective(name, settings, idea, None), where
     if idea.objective:
         names = declared[0] if declared else []
         name = match_metric(idea.objective, names) or idea.objective
-        return _objective(name, settings, idea, declared), "IDEA.md"
+        return _objective(name, settings, idea, declared), layout.IDEA
     if declared and declared[1]:
         return _objective(declared[1], settings, idea, declared), "train.py's hooks.result"
     return None, "nowhere yet"

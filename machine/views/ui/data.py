@@ -63,9 +63,8 @@ def experiment_doc(key: str, exp_dir: Path, now: float,
     doc["history"] = history(exp_dir) if doc["state"] != "unreadable" else []
     doc["timeline"] = timeline(events, now)
     doc["iterations"] = iterations(exp_dir)
-    doc["files"] = {name: path.is_file() for name, path in
-                    (("PLAN.md", layout.plan), ("REPORT.md", layout.report),
-                     ("IDEA.md", layout.idea), ("train.py", layout.train))}
+    doc["files"] = {path.name: path.is_file()
+                    for path in (layout.plan, layout.report, layout.idea, layout.train)}
     return doc
 
 
