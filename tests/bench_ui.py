@@ -33,11 +33,12 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+from helpers import wait_for  # the tests' helpers: this script lives beside them
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -127,7 +128,7 @@ def ui_server(*args: str | Path) -> Iterator[tuple[subprocess.Popen[bytes], str]
         proc = subprocess.Popen([PY, "-m", "mlsm.machine.cli", *map(str, args)], stdout=fh,
                                 stderr=subprocess.STDOUT, env=env())
     try:
-        url = wait(lambda: re.search(r"(http://127\.0\.0\.1:\d+/)", out.read_text()), 60,
+        url = wait_for(lambda: re.search(r"(http://127\.0\.0\.1:\d+/)", out.read_text()), 60,
                    "the UI's URL")
         yield proc, url.group(1)
     finally:
@@ -136,17 +137,6 @@ def ui_server(*args: str | Path) -> Iterator[tuple[subprocess.Popen[bytes], str]
             proc.wait(30)
         proc.kill()
         shutil.rmtree(out.parent, ignore_errors=True)
-
-
-def wait(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def idle_usage(proc: psutil.Process, seconds: float) -> tuple[float, float]:
@@ -286,7 +276,7 @@ def update_latency(page: Any, d: Path, k: int) -> float:
     t0 = time.time()
     os.replace(tmp, d / "status.json")
     needle = f"${cost:.2f}"
-    seen = wait(lambda: page.evaluate(
+    seen = wait_for(lambda: page.evaluate(
         "([k, n]) => (window.__seen.find(s => s[0] === k && s[2].includes(n)) || [0, 0])[1]",
         [d.name, needle]), 10, f"{d.name} showing {needle}", interval=0.02)
     return float(seen) - t0 * 1000
@@ -301,7 +291,7 @@ def bench_daemon_ui(root: Path, n: int, idle_s: float) -> list[Row]:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
         try:
             daemon = psutil.Process(proc.pid)
-            wait(lambda: sum(1 for d in root.iterdir() if (d / ".mlsm" / "lock").exists()) >= n,
+            wait_for(lambda: sum(1 for d in root.iterdir() if (d / ".mlsm" / "lock").exists()) >= n,
                  120, "every experiment adopted")
             time.sleep(20)  # let the start settle before the window
             cpu, rss = idle_usage(daemon, idle_s)
