@@ -358,9 +358,14 @@ def _walk(roots: Iterable[int]) -> set[int]:
             continue
         out.add(pid)
         with contextlib.suppress(OSError, ValueError):
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                todo.extend(map(int, _read_proc(f"/proc/{pid}/task/{tid}/children").split()))
+            todo.extend(_child_pids(pid))
     return out
+
+
+def _child_pids(pid: int | str) -> list[int]:
+    """`pid`'s children, from each of its threads' children list (CONFIG_PROC_CHILDREN)."""
+    return [int(kid) for tid in os.listdir(f"/proc/{pid}/task")
+            for kid in _read_proc(f"/proc/{pid}/task/{tid}/children").split()]
 
 
 def tree(handle: Handle) -> list[psutil.Process]:
@@ -387,6 +392,8 @@ def _targets(handle: Handle, group: int = 0) -> tuple[list[psutil.Process], int]
     pgid = handle.get("pgid")
     if not group and isinstance(pgid, int) and any(scan.groups.get(p) == pgid for p in pids):
         group = pgid
+    if group <= 1 or group == os.getpgrp():
+        group = 0  # never init's group, nor ours
     if group:
         pids |= {pid for pid, g in scan.groups.items() if g == group}
     pids.discard(os.getpid())
@@ -394,7 +401,7 @@ def _targets(handle: Handle, group: int = 0) -> tuple[list[psutil.Process], int]
     for pid in pids:
         with contextlib.suppress(psutil.Error):
             procs.append(psutil.Process(pid))
-    return procs, group if group > 1 and group != os.getpgrp() else 0
+    return procs, group
 
 
 def _rss(pid: int) -> int:
@@ -412,10 +419,9 @@ def _leader_group(handle: Handle) -> int:
     if not isinstance(pgid, int) or isinstance(pgid, bool) or not same_process(handle):
         return 0
     try:
-        ours = os.getpgid(_pid(handle)) == pgid and pgid not in (0, 1, os.getpgrp())
+        return pgid if os.getpgid(_pid(handle)) == pgid else 0
     except OSError:
         return 0
-    return pgid if ours else 0
 
 
 def _signal_all(procs: Iterable[psutil.Process], sig: int, group: int = 0) -> None:
@@ -565,8 +571,7 @@ def _children() -> set[int]:
     """Our children: from each thread's /proc children list (microseconds), else psutil (a
     pass over every process)."""
     try:
-        return {int(pid) for tid in os.listdir("/proc/self/task")
-                for pid in _read_proc(f"/proc/self/task/{tid}/children").split()}
+        return set(_child_pids("self"))
     except (OSError, ValueError):
         with contextlib.suppress(psutil.Error):
             return {kid.pid for kid in psutil.Process().children()}
