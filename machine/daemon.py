@@ -18,7 +18,7 @@ from typing import IO, Any, Protocol
 import psutil
 
 from mlsm.handlers.environment import withheld
-from mlsm.handlers.fsevents import DiscoveryHandler, ExperimentHandler
+from mlsm.handlers.fsevents import DiscoveryHandler, ExperimentHandler, native_observer
 from mlsm.handlers.launchers import local
 from mlsm.hooks.layout import Layout
 from mlsm.machine.core.config import Config, resolve
@@ -174,9 +174,7 @@ class Daemon:
 
             self._observer = PollingObserver(timeout=interval)
         else:
-            from watchdog.observers import Observer
-
-            self._observer = Observer()
+            self._observer = native_observer()
         for exp in self.experiments:
             self._schedule(exp)
         if self.discover:

@@ -160,11 +160,43 @@ def exp(tmp_path: Path) -> Iterator[Experiment]:
 
 def _kill_tagged(d: Path) -> None:
     """Leave no process behind that a test started in `d` (by its cwd or environment)."""
-    me = os.getpid()
-    for proc in psutil.process_iter(["pid", "cwd"]):
-        with contextlib.suppress(psutil.Error):
-            if proc.pid != me and proc.info["cwd"] and proc.info["cwd"].startswith(str(d)):
+    kill_matching(lambda info: _started_in(info, d))
+
+
+def _started_in(info: dict[str, Any], d: Path) -> bool:
+    environ = info.get("environ") or {}
+    return str(info.get("cwd") or "").startswith(str(d)) \
+        or str(environ.get("MLSM_EXPERIMENT", "")).startswith(str(d))
+
+
+def kill_matching(match: Callable[[dict[str, Any]], bool]) -> None:
+    """SIGKILL every process whose psutil info (pid, cwd, cmdline, environ) `match`es, and its
+    process group. A pid hopper can slip past one pass over /proc, so each group seen is killed
+    until it is empty, and the search ends after three passes in a row find nobody (or after
+    500: a group of zombies that init has not reaped yet still takes signals)."""
+    groups: set[int] = set()
+    idle = 0
+    for _ in range(500):
+        found = [proc for proc in psutil.process_iter(["pid", "cwd", "cmdline", "environ"])
+                 if proc.pid != os.getpid() and match(proc.info)]
+        for proc in found:
+            with contextlib.suppress(psutil.Error, OSError):
+                groups.add(os.getpgid(proc.pid))
                 proc.kill()
+        groups.discard(os.getpgrp())
+        groups -= {g for g in groups if not _killpg(g)}
+        idle = 0 if found or groups else idle + 1
+        if idle == 3:
+            return
+
+
+def _killpg(group: int) -> bool:
+    """SIGKILL to `group`; False once nobody is left in it."""
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def host_pids(d: Path, recorded: list[int]) -> list[int]:

@@ -7,7 +7,6 @@ it managed into $TEST_SHARED; the test checks the world afterwards, not the trai
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -19,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Experiment, Mlsm, gone, wait_for
+from helpers import Experiment, Mlsm, gone, kill_matching, wait_for
 
 from mlsm.handlers.launchers import local, sandbox
 
@@ -209,16 +208,7 @@ def _quiet(path: Path) -> bool:
 
 def _kill_writers(marker: Path, exp: Path) -> None:
     """After a failed assertion: kill what still writes `marker` or carries `exp`'s tag."""
-    for _ in range(50):  # a pid hopper needs a few rounds (its group catches it)
-        found = [p for p in local.psutil.process_iter(["pid", "cmdline", "environ"])
-                 if _writes(p.info, marker, exp)]
-        for proc in found:
-            with contextlib.suppress(local.psutil.Error, OSError):
-                if os.getpgid(proc.pid) != os.getpgrp():
-                    os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
-                proc.kill()
-        if not found:
-            return
+    kill_matching(lambda info: _writes(info, marker, exp))
 
 
 def _writes(info: dict[str, object], marker: Path, exp: Path) -> bool:
