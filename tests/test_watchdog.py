@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from mlsm.handlers.launchers import local
 from mlsm.machine.core import store
 from mlsm.machine.core.status import Status, write_status
 from mlsm.machine.core.store import read_json_object
+from mlsm.machine.views import health
 
 FAST_BEATS = {"MLSM_HEARTBEAT_INTERVAL": "0.05", "FAKE_DECISION": "finish"}
 BEAT_UNTIL_MARKER = '''\
@@ -210,3 +212,48 @@ def test_watchdog_reports_and_kills_leftovers_of_finished_runs(exp: Experiment) 
     finally:
         stray.kill()
         stray.wait()
+
+
+def _ago(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(time.time() - seconds, dt.UTC).isoformat()
+
+
+def _beat(run_dir: Path, rank: int, age: float, world: int) -> None:
+    name = "heartbeat.json" if rank == 0 else f"heartbeat.rank_{rank}.json"
+    (run_dir / name).write_text(json.dumps({"t": time.time() - age, "seq": 1, "step": 1,
+                                            "pid": 1, "rank": rank, "world": world}))
+
+
+def test_watchdog_judges_every_rank_not_only_rank_0(exp: Experiment) -> None:
+    """Under torchrun rank 0 may beat on while rank 2 hangs (or never started): the one-shot
+    check names the rank that went silent first, as the daemon's own watch does."""
+    run_id = "ranks"
+    env = {**exp.env, "MLSM_EXPERIMENT": str(exp.path.resolve()), "MLSM_RUN_ID": run_id}
+    training = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"], env=env)
+    try:
+        run_dir = exp.path / "logs" / "iter_001"
+        run_dir.mkdir(parents=True)
+        status = Status(max_iterations=3, state="training", iteration=1,
+                        started_at=store.now_iso())
+        status.training = {
+            "pid": training.pid, "pgid": training.pid, "boot_id": local.boot_id(),
+            "start_ticks": local.start_ticks(training.pid), "run_id": run_id,
+            "experiment": str(exp.path.resolve()), "run_dir": str(run_dir),
+            "cmd": ["torchrun", "train.py"], "started_at": _ago(400),
+        }
+        write_status(exp.path, status)
+        _beat(run_dir, 0, 1, world=3)
+        _beat(run_dir, 1, 2, world=3)
+        [ok] = [f for f in health.check(exp.path) if "training (" in f.message]
+        assert ok.level == "ok" and "3 ranks" in ok.message  # rank 2 is still in its grace
+        status.training["started_at"] = _ago(4000)
+        write_status(exp.path, status)
+        [late] = [f for f in health.check(exp.path) if f.kill == "training"]
+        assert "rank 2 went silent first" in late.message, late.message
+        _beat(run_dir, 2, 1, world=3)
+        _beat(run_dir, 1, 700, world=3)
+        [stale] = [f for f in health.check(exp.path) if f.kill == "training"]
+        assert "rank 1 went silent first: no heartbeat for 700s" in stale.message, stale.message
+    finally:
+        training.kill()
+        training.wait()

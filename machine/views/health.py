@@ -11,6 +11,7 @@ from typing import Any
 
 from mlsm.handlers.launchers import get_launcher, launcher_of, local
 from mlsm.handlers.launchers.base import Handle
+from mlsm.handlers.sentinel import MAX_RANKS
 from mlsm.handlers.training import final_exit
 from mlsm.hooks import rundir
 from mlsm.hooks.layout import Layout
@@ -146,23 +147,47 @@ def _check_training(d: str, doc: Handle, run_dir: Path, cfg: Config, now: float,
         return Finding(d, "problem", f"training ({who}) has run {age:.0f}s, over "
                                      f"--run-timeout {cfg.run_timeout:g}s", "training",
                        "run_timeout", age)
-    beat = rundir.read_heartbeat(run_dir) or {}
-    t = rundir.finite(beat.get("t"))
-    if t is not None:
-        quiet = _since({"boot_id": beat.get("boot_id"), "t": beat.get("boottime")}, t, now)
-        limit = max(cfg.heartbeat_timeout, rundir.finite(beat.get("expect_next_within")) or 0)
-        if quiet > limit:
-            return Finding(d, "problem", f"training ({who}) is stale: no heartbeat for "
-                                         f"{quiet:.0f}s (limit {limit:g}s)", "training",
-                           "stale_heartbeat", quiet)
-        return Finding(d, "ok", f"training ({who}) healthy, last heartbeat "
-                                f"{quiet:.0f}s ago")
+    beats = rundir.read_heartbeats(run_dir)
+    if beats:
+        return _judge_beats(d, who, beats, cfg, now, age)
     quiet = now - _last_output(run_dir, now - age)
     if age > cfg.startup_grace and quiet > cfg.output_timeout:
         return Finding(d, "problem", f"training ({who}) never beat and wrote nothing "
                                      f"for {quiet:.0f}s", "training", "stale_heartbeat", quiet)
     return Finding(d, "ok", f"training ({who}) running {age:.0f}s (no heartbeats; "
                             f"output {rundir.output_size(run_dir)} bytes)")
+
+
+def _judge_beats(d: str, who: str, beats: dict[int, dict[str, Any]], cfg: Config, now: float,
+                 age: float) -> Finding:
+    """Every rank's heartbeat, as the daemon judges them: the rank whose limit ran out first
+    is named; a rank the world names that never beat is judged from the start."""
+    world = max([1, *(w for b in beats.values()
+                      if (w := rundir.whole(b.get("world"))) is not None and w <= MAX_RANKS)])
+    due: list[tuple[float, int, float, float]] = []  # (when its limit ran out, rank, quiet, limit)
+    for rank in sorted(set(range(world)) | set(beats)):
+        beat = beats.get(rank)
+        if beat is None:
+            quiet, limit = age, max(cfg.heartbeat_timeout, cfg.startup_grace)
+        else:
+            quiet = _quiet(beat, now)
+            limit = max(cfg.heartbeat_timeout, rundir.finite(beat.get("expect_next_within")) or 0)
+        due.append((now - quiet + limit, rank, quiet, limit))
+    ranks = f"{len(due)} ranks, " if len(due) > 1 else ""
+    _, rank, quiet, limit = min(due)
+    if quiet > limit:
+        named = f"rank {rank} went silent first: " if ranks else ""
+        return Finding(d, "problem", f"training ({who}) is stale: {named}no heartbeat for "
+                                     f"{quiet:.0f}s (limit {limit:g}s)", "training",
+                       "stale_heartbeat", quiet)
+    newest = min(_quiet(b, now) for b in beats.values())
+    return Finding(d, "ok", f"training ({who}) healthy, {ranks}last heartbeat {newest:.0f}s ago")
+
+
+def _quiet(beat: dict[str, Any], now: float) -> float:
+    """Seconds since `beat`, on the boot clock where it is the same boot."""
+    t = rundir.finite(beat.get("t"))
+    return _since({"boot_id": beat.get("boot_id"), "t": beat.get("boottime")}, t, now)
 
 
 def _last_output(run_dir: Path, default: float) -> float:
