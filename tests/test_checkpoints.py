@@ -60,6 +60,8 @@ def test_stop_then_resume_continues_from_the_checkpoint_and_the_row_says_so(
     assert (run_dir / "attempt_1" / "metrics.jsonl").exists()
     row = status["history"][0]
     assert (row["outcome"], row["resumed"], row["value"]) == ("ok", True, pytest.approx(1 / 30))
+    head, first_row = (exp.path / "results.tsv").read_text().splitlines()[:2]
+    assert dict(zip(head.split("\t"), first_row.split("\t"), strict=True))["resumed"] == "yes"
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 130
 

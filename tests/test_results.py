@@ -125,15 +125,18 @@ def test_ledger_has_best_so_far_and_one_line_cells() -> None:
     rows = _rows(("ok", 0.5), ("failed", 0.1), ("ok", 0.3))
     rows[1].detail = "Traceback\tline\nValueError: boom"
     rows[2].decision, rows[2].decision_reason, rows[2].commit = "finish", "good\tenough", "ab" * 20
+    rows[2].resumed = True
     lines = results.ledger_text(rows, LOSS).splitlines()
     assert lines[0].split("\t") == list(results.LEDGER_COLUMNS)
     cells = [line.split("\t") for line in lines[1:]]
     assert all(len(c) == len(results.LEDGER_COLUMNS) for c in cells)
     best_col = results.LEDGER_COLUMNS.index("best_so_far")
     assert [c[best_col] for c in cells] == ["0.5", "0.5", "0.3"]
-    assert cells[1][-1] == "Traceback line ValueError: boom"
+    reason, resumed = (results.LEDGER_COLUMNS.index(c) for c in ("reason", "resumed"))
+    assert cells[1][reason] == "Traceback line ValueError: boom"
     assert cells[2][results.LEDGER_COLUMNS.index("commit")] == "ab" * 6
-    assert cells[2][-1] == "good enough"
+    assert cells[2][reason] == "good enough"
+    assert [c[resumed] for c in cells] == ["", "", "yes"]
 
 
 def test_row_round_trips_and_drops_bad_values() -> None:

@@ -256,7 +256,7 @@ def budget_reason(rows: Sequence[Row], objective: Objective | None, iteration: i
 
 
 LEDGER_COLUMNS = ("iteration", "outcome", "exit", "objective", "value", "source",
-                  "best_so_far", "duration_s", "commit", "decision", "reason")
+                  "best_so_far", "duration_s", "commit", "decision", "reason", "resumed")
 
 
 def _cell(value: Any) -> str:
@@ -275,7 +275,8 @@ def ledger_text(rows: Sequence[Row], objective: Objective | None) -> str:
         cells = (row.iteration, row.outcome, row.reason, row.metric, row.value, row.source,
                  so_far.value if so_far else None, row.duration_s,
                  row.commit[:12] if row.commit else None, row.decision,
-                 row.decision_reason or (row.detail if row.outcome == "failed" else None))
+                 row.decision_reason or (row.detail if row.outcome == "failed" else None),
+                 "yes" if row.resumed else None)
         lines.append("\t".join(_cell(c) for c in cells))
     return "\n".join(lines) + "\n"
 
