@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from helpers import Experiment, Mlsm, gone, wait_for
+from helpers import Experiment, Mlsm, gone, kill_matching, wait_for
 
 from mlsm.handlers.launchers import local
 from mlsm.machine.core import store
@@ -212,6 +213,52 @@ def test_watchdog_reports_and_kills_leftovers_of_finished_runs(exp: Experiment) 
     finally:
         stray.kill()
         stray.wait()
+
+
+HOPPER = """
+import os, signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+while True:
+    if os.fork():
+        os._exit(0)
+    time.sleep(0.01)
+"""
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` is alive (its zombies do not count). A hopper's pid
+    lives ~10 ms, so each look reads the newest pids first, and twenty looks must miss it."""
+    for _ in range(20):
+        for pid in sorted((int(n) for n in os.listdir("/proc") if n.isdigit()), reverse=True):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                return True
+    return False
+
+
+def test_watchdog_kills_a_pid_hopper_left_by_a_finished_run(exp: Experiment) -> None:
+    """A leftover that forks and exits every 10 ms has a new pid before a pass over /proc ends.
+    The pass reads the newest pids first and takes each one's run id in the same read, and the
+    kill looks again while the run's group has members: one `--kill` ends it (40 of 40 here;
+    2 of 10 before, when the pass went oldest first and read the run id a second time)."""
+    exp.write("IDEA.md", "x")
+    assert exp.mlsm("run", "--max-iterations", "1").wait() == 0
+    env = {**exp.env, "MLSM_EXPERIMENT": str(exp.path.resolve()), "MLSM_RUN_ID": "finished"}
+    hopper = subprocess.Popen([sys.executable, "-c", HOPPER], env=env, start_new_session=True)
+    try:
+        wait_for(lambda: hopper.poll() is not None, what="the hopper's first hop")
+        assert _group_alive(hopper.pid)
+        killed = Mlsm(["watchdog", str(exp.path), "--kill"], exp.path.parent, exp.env)
+        assert killed.wait() == 6, killed.output()
+        assert "leftover processes of a finished run" in killed.output()
+        assert not _group_alive(hopper.pid), "the hopper outlived `mlsm watchdog --kill`"
+    finally:
+        kill_matching(lambda info: (info.get("environ") or {}).get("MLSM_EXPERIMENT")
+                      == env["MLSM_EXPERIMENT"])
 
 
 def _ago(seconds: float) -> str:

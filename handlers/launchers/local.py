@@ -265,8 +265,8 @@ class LocalLauncher:
         return [p.pid for p in procs]
 
     def strays(self, experiment: Path, keep: list[str]) -> list[Handle]:
-        return [{"launcher": self.name, "run_id": run_id, "pid": 0, "pids": pids}
-                for run_id, pids in strays(experiment, keep).items()]
+        return [{"launcher": self.name, "run_id": run_id, "pid": 0, "pids": pids, "pgid": pgid}
+                for run_id, (pids, pgid) in stray_runs(experiment, keep).items()]
 
     def why_gone(self, handle: Handle) -> str:
         if handle.get("boot_id") != boot_id():
@@ -282,11 +282,14 @@ class LocalLauncher:
 
 # ----- finding and killing trees ---------------------------------------------------------------
 class Scan(NamedTuple):
-    """One pass over /proc: children by parent pid, pids carrying each needle, groups by pid."""
+    """One pass over /proc: children by parent pid, pids carrying each needle, groups by pid,
+    and the run id of each tagged pid (read in the same pass: a pid hopper's pid is gone by the
+    time a second read comes)."""
 
     children: dict[int, list[int]]
     tagged: dict[bytes, set[int]]
     groups: dict[int, int]
+    runs: dict[int, str]
 
 
 def _scan(needles: Iterable[bytes], since: int | None = None,
@@ -300,8 +303,10 @@ def _scan(needles: Iterable[bytes], since: int | None = None,
     only at these (default: every process).
     """
     wanted = tuple(needles)
-    scan = Scan({}, {n: set() for n in wanted}, {})
-    every = (int(name) for name in os.listdir("/proc") if name.isdigit())
+    scan = Scan({}, {n: set() for n in wanted}, {}, {})
+    # Newest first: a pid hopper's current pid lives ~10 ms, less than a pass over a busy /proc,
+    # so it is read right after the listing, while it still lives.
+    every = sorted((int(name) for name in os.listdir("/proc") if name.isdigit()), reverse=True)
     for pid in every if pids is None else pids:
         try:
             stat = _read_proc(f"/proc/{pid}/stat", 4096)
@@ -313,6 +318,7 @@ def _scan(needles: Iterable[bytes], since: int | None = None,
                 for needle in wanted:
                     if needle in names:
                         scan.tagged[needle].add(pid)
+                        scan.runs[pid] = _run_id_in(names) or ""
         except (OSError, ValueError, IndexError):
             continue
     return scan
@@ -373,13 +379,40 @@ def tree(handle: Handle) -> list[psutil.Process]:
     return _targets(handle)[0]
 
 
+LOOKS = 5
+"""How many looks `_targets` takes while it finds nobody but the run's group is not empty."""
+
+
 def _targets(handle: Handle, group: int = 0) -> tuple[list[psutil.Process], int]:
     """`tree`, plus every member of the run's process group; and that group (0: none).
 
     The group counts only once one of the run's own processes was seen in it (or when the
     caller already saw one: `group`): a forged handle cannot aim a killpg, and a group whose
-    members are all gone may one day be someone else's.
+    members are all gone may one day be someone else's. A look that finds nobody while the
+    recorded group still has members is taken again (up to LOOKS): a pid hopper's pid can die
+    between the listing and the read, and the next look sees its successor.
     """
+    procs: list[psutil.Process] = []
+    for _ in range(LOOKS):
+        procs, found = _look(handle, group)
+        if procs or found or not _occupied(handle.get("pgid")):
+            return procs, found
+    return procs, group
+
+
+def _occupied(pgid: object) -> bool:
+    """Whether process group `pgid` (not init's, not ours) has a member, a zombie included."""
+    if not isinstance(pgid, int) or isinstance(pgid, bool) or pgid <= 1 or pgid == os.getpgrp():
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _look(handle: Handle, group: int) -> tuple[list[psutil.Process], int]:
+    """One look at /proc for `_targets`."""
     needles = _tags(handle) if handle.get("run_id") else []
     since = handle.get("start_ticks") if handle.get("boot_id") == boot_id() else None
     subtree = _subtree_roots(handle)
@@ -489,14 +522,20 @@ def kill_tree(handle: Handle, grace: float) -> KillReport:
 
 def strays(experiment: Path, keep: Iterable[str]) -> dict[str, list[int]]:
     """Processes tagged with `experiment` whose run is not in `keep`: run id → pids."""
+    return {run: pids for run, (pids, _) in stray_runs(experiment, keep).items()}
+
+
+def stray_runs(experiment: Path, keep: Iterable[str]) -> dict[str, tuple[list[int], int]]:
+    """`strays`, each run with the process group its processes were seen in (0: unknown)."""
     needle = f"{EXPERIMENT_VAR}={experiment}".encode()
-    tagged = _scan([needle]).tagged
+    scan = _scan([needle])
     keep_set = set(keep)
-    out: dict[str, list[int]] = {}
-    for pid in sorted(tagged[needle] - {os.getpid()}):
-        run = _run_id_of(pid)
-        if run is not None and run not in keep_set and not _is_zombie(pid):
-            out.setdefault(run, []).append(pid)
+    out: dict[str, tuple[list[int], int]] = {}
+    for pid in sorted(scan.tagged[needle] - {os.getpid()}):
+        run = scan.runs.get(pid)
+        if run and run not in keep_set:
+            pids, _ = out.get(run, ([], 0))
+            out[run] = ([*pids, pid], scan.groups.get(pid, 0))
     return out
 
 
@@ -522,14 +561,19 @@ def _escaped_from(pid: int, handle: Handle) -> bool:
 
 
 def _run_id_of(pid: int) -> str | None:
-    prefix = f"{RUN_ID_VAR}=".encode()
     try:
         with open(f"/proc/{pid}/environ", "rb") as fh:
-            for item in fh.read().split(b"\0"):
-                if item.startswith(prefix):
-                    return item[len(prefix):].decode(errors="replace")
+            return _run_id_in(fh.read().split(b"\0"))
     except OSError:
         return None
+
+
+def _run_id_in(environ: list[bytes]) -> str | None:
+    """The run id among a process's environment entries."""
+    prefix = f"{RUN_ID_VAR}=".encode()
+    for item in environ:
+        if item.startswith(prefix):
+            return item[len(prefix):].decode(errors="replace")
     return None
 
 
