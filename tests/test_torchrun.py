@@ -59,14 +59,18 @@ if hooks.resumed() and ckpt.exists():
 x = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
 y = x.sum(1, keepdim=True)
 while step < 20:
-    stop = torch.tensor(float(hooks.stop_requested()))
-    dist.all_reduce(stop)  # every rank stops at the same step
-    if stop.item():
+    # Every rank stops, and holds, at the same step: a rank that went on alone would meet its
+    # sibling's next flag exchange with DDP's gradient all-reduce (gloo: a size mismatch).
+    flags = torch.tensor([float(hooks.stop_requested()),
+                          float(step >= 5 and (shared / "hold").exists())])
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    stop, hold = flags.tolist()
+    if stop:
         if rank == 0:
             torch.save({"model": model.module.state_dict(), "opt": opt.state_dict(),
                         "step": step}, ckpt)
         raise SystemExit(143)
-    if step >= 5 and (shared / "hold").exists():
+    if hold:
         hooks.heartbeat(step)
         time.sleep(0.02)
         continue
