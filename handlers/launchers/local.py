@@ -400,12 +400,20 @@ def _targets(handle: Handle, group: int = 0) -> tuple[list[psutil.Process], int]
     return procs, group
 
 
+def _signallable(pgid: object) -> int:
+    """`pgid` when it names a group we may signal as a whole (never init's, nor ours); else 0."""
+    if not isinstance(pgid, int) or isinstance(pgid, bool) or pgid <= 1 or pgid == os.getpgrp():
+        return 0
+    return pgid
+
+
 def _occupied(pgid: object) -> bool:
     """Whether process group `pgid` (not init's, not ours) has a member, a zombie included."""
-    if not isinstance(pgid, int) or isinstance(pgid, bool) or pgid <= 1 or pgid == os.getpgrp():
+    group = _signallable(pgid)
+    if not group:
         return False
     try:
-        os.killpg(pgid, 0)
+        os.killpg(group, 0)
     except OSError:
         return False
     return True
@@ -422,11 +430,10 @@ def _look(handle: Handle, group: int) -> tuple[list[psutil.Process], int]:
     if same_process(handle):
         roots.add(_pid(handle))
     pids = _descendants(roots, scan.children)
-    pgid = handle.get("pgid")
-    if not group and isinstance(pgid, int) and any(scan.groups.get(p) == pgid for p in pids):
+    pgid = _signallable(handle.get("pgid"))
+    if not group and pgid and any(scan.groups.get(p) == pgid for p in pids):
         group = pgid
-    if group <= 1 or group == os.getpgrp():
-        group = 0  # never init's group, nor ours
+    group = _signallable(group)
     if group:
         pids |= {pid for pid, g in scan.groups.items() if g == group}
     pids.discard(os.getpid())
@@ -534,8 +541,7 @@ def stray_runs(experiment: Path, keep: Iterable[str]) -> dict[str, tuple[list[in
     for pid in sorted(scan.tagged[needle] - {os.getpid()}):
         run = scan.runs.get(pid)
         if run and run not in keep_set:
-            pids, _ = out.get(run, ([], 0))
-            out[run] = ([*pids, pid], scan.groups.get(pid, 0))
+            out.setdefault(run, ([], scan.groups.get(pid, 0)))[0].append(pid)
     return out
 
 
